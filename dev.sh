@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# MedXpert developer entry point.
+#
+#   ./dev.sh              set up .venv, then run the main job end to end
+#   ./dev.sh test         set up .venv if needed, then ruff check + pytest
+#   ./dev.sh setup        only create / update .venv
+#   ./dev.sh data         summary of the shared data packs (results/data_summary.json)
+#   ./dev.sh labels       report-labeler agreement with IU MeSH tags (benchmarks/)
+#   ./dev.sh help         this text
+#
+# Every step is idempotent and printed; any failure stops the script with a non-zero status.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+VENV=".venv"
+PY="$VENV/bin/python"
+STAMP="$VENV/.medxpert-installed"
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+fail() { printf '\033[31merror: %s\033[0m\n' "$*" >&2; exit 1; }
+
+find_python() {
+  for candidate in "${PYTHON:-}" python3.11 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+setup() {
+  if [ ! -x "$PY" ]; then
+    local python
+    python=$(find_python) || fail "Python 3.11 is required (set PYTHON=/path/to/python3.11)."
+    step "Creating virtual environment $VENV with $python"
+    "$python" -m venv "$VENV"
+  fi
+  local want
+  want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    step "Dependencies already installed in $VENV (requirements.txt unchanged)"
+    return 0
+  fi
+  step "Installing pinned dependencies into $VENV (the first time takes a few minutes: torch)"
+  "$PY" -m pip install --quiet --upgrade pip
+  "$PY" -m pip install --quiet -r requirements.txt
+  step "Installing the medxpert package (editable) and checking dependency consistency"
+  "$PY" -m pip install --quiet --no-deps -e .
+  "$PY" -m pip check
+  echo "$want" > "$STAMP"
+}
+
+offline_env() {
+  # Nothing in the default pipeline needs the Hugging Face hub; fail fast instead of waiting
+  # on a network that is not there. Unset these to use hub models (ViT-B-32, BiomedCLIP, BLIP).
+  export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+  export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+  export HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
+}
+
+run_tests() {
+  offline_env
+  step "ruff check"
+  "$VENV/bin/ruff" check .
+  step "pytest"
+  "$PY" -m pytest "$@"
+}
+
+run_data() {
+  offline_env
+  step "Data summary of the shared packs -> results/data_summary.json"
+  "$VENV/bin/medxpert" data summary --source nih_cxr14 --source iu_xray --source covid_cxr \
+    --json results/data_summary.json
+}
+
+run_labels() {
+  offline_env
+  step "Report-labeler agreement with IU X-ray MeSH tags -> results/labeler_agreement.*"
+  "$PY" benchmarks/labeler_agreement.py
+}
+
+main_job() {
+  run_data
+  step "Main job finished; results are under results/"
+}
+
+usage() { sed -n "2,11p" "$0" | sed 's/^# \{0,1\}//'; }
+
+command="${1:-all}"
+[ $# -gt 0 ] && shift
+case "$command" in
+  all)    setup; main_job ;;
+  setup)  setup ;;
+  test)   setup; run_tests "$@" ;;
+  data)   setup; run_data ;;
+  labels) setup; run_labels ;;
+  help|-h|--help) usage ;;
+  *) usage; fail "unknown command '$command'" ;;
+esac
