@@ -1,0 +1,72 @@
+"""IU X-ray (Open-i): reports with MeSH tags, one row per image; text-only until images exist."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medxpert.config import Settings
+from medxpert.data.case import Case, join_sections, normalise_view
+from medxpert.data.registry import register_reader, require_columns, resolve_image, warn_missing
+from medxpert.labels import mesh_labels
+
+LICENCE = "CC BY-NC-ND 4.0 (as found; Demner-Fushman et al., JAMIA 2016)"
+
+
+@register_reader(
+    "iu_xray",
+    pack="iu_xray",
+    description="IU X-ray reports with MeSH tags mapped to CheXpert-14; images when present",
+)
+def read_iu(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterator[Case]:
+    """Read ``reports.csv``; rows with ``image_available=1`` point at ``images/<id>.png``."""
+    table = root / "reports.csv"
+    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+    require_columns(
+        frame.columns,
+        [
+            "study_id",
+            "image_id",
+            "image_path",
+            "view",
+            "findings",
+            "impression",
+            "mesh",
+            "split",
+            "image_available",
+        ],
+        str(table),
+    )
+    frame = frame[frame["split"].isin(splits)]
+    missing: list[str] = []
+    for row in frame.itertuples(index=False):
+        available = row.image_available.strip() in ("1", "1.0", "true", "True")
+        image_path = resolve_image(root, row.image_path, missing) if available else ""
+        labels, extras = mesh_labels(row.mesh)
+        sections = {
+            "indication": getattr(row, "indication", ""),
+            "comparison": getattr(row, "comparison", ""),
+            "findings": row.findings,
+            "impression": row.impression,
+        }
+        yield Case(
+            case_id=f"iu_xray:{row.image_id}",
+            source="iu_xray",
+            split=row.split,
+            study_id=f"iu_xray:{row.study_id}",
+            patient_id=f"iu_xray:{row.study_id}",  # IU gives no patient id; one study per patient
+            view=normalise_view(row.view),
+            image_path=image_path,
+            findings=row.findings.strip(),
+            impression=row.impression.strip(),
+            report=join_sections(sections),
+            labels=labels,
+            extra_labels=extras,
+            label_source="none" if np.isnan(labels).all() else "iu-mesh",
+            licence=LICENCE,
+            meta={"mesh": row.mesh, "indication": sections["indication"]},
+        )
+    warn_missing("iu_xray", missing, root)
