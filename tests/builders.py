@@ -1,0 +1,191 @@
+"""Builders of test fixtures written in the real published formats."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def gradient(
+    height: int = 32, width: int = 48, low: int = 0, high: int = 255, dtype: type = np.uint8
+) -> np.ndarray:
+    """A left-to-right ramp from `low` to `high`."""
+    row = np.linspace(low, high, width)
+    return np.tile(row, (height, 1)).astype(dtype)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(array: np.ndarray, quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def png_with_declared_size(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares `width`×`height` but whose data is a few bytes (a bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def dicom_bytes(
+    frames: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = None,
+    transfer_syntax: str | None = None,
+    encapsulated: list[bytes] | None = None,
+    bits_stored: int = 12,
+    with_pixels: bool = True,
+) -> bytes:
+    """A DICOM file (with preamble) of one frame (H, W) or several (N, H, W) of uint16/uint8."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    frames = np.asarray(frames)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID = "TEST"
+    ds.Rows, ds.Columns = frames.shape[-2:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 8 if frames.dtype == np.uint8 else 16
+    ds.BitsStored = 8 if frames.dtype == np.uint8 else bits_stored
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    if frames.ndim == 3:
+        ds.NumberOfFrames = frames.shape[0]
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if with_pixels:
+        if encapsulated is not None:
+            ds.PixelData = encapsulate(encapsulated)
+            ds["PixelData"].is_undefined_length = True
+            ds["PixelData"].VR = "OB"
+        else:
+            ds.PixelData = frames.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+MIMIC_REPORT = """                                 FINAL REPORT
+ EXAMINATION:  CHEST (PA AND LAT)
+
+ INDICATION:  ___F with cough and fever
+
+ COMPARISON:  ___
+
+ FINDINGS:
+ There is a new right lower lobe consolidation.  Small right pleural
+ effusion.  No pneumothorax.  Heart size is normal.
+
+ IMPRESSION:
+ Right lower lobe pneumonia with small parapneumonic effusion.
+"""
+
+MIMIC_REPORT_NO_SECTIONS = """                                 FINAL REPORT
+ CHEST RADIOGRAPH
+
+ The lungs are clear.
+
+ No acute cardiopulmonary process.
+"""
+
+
+def make_mimic_tree(root: Path, *, compress: bool = True, reports_zip: bool = False) -> dict:
+    """A small MIMIC-CXR-JPG tree: 3 patients, 4 studies, 6 images (one listed but missing)."""
+    import zipfile
+
+    import pandas as pd
+
+    from medxpert.labels import CHEXPERT_LABELS
+
+    studies = [  # subject, study, split, [(dicom_id, view)], report
+        ("10000032", "50414267", "train", [("d1", "PA"), ("d2", "LATERAL")], MIMIC_REPORT),
+        ("10000032", "53189527", "train", [("d3", "AP")], MIMIC_REPORT_NO_SECTIONS),
+        ("11000011", "51234567", "validate", [("d4", "PA")], MIMIC_REPORT),
+        ("12000022", "52222222", "test", [("d5", "AP"), ("d6-missing", "PA")], MIMIC_REPORT),
+    ]
+    metadata, split_rows, label_rows, reports = [], [], [], {}
+    for subject, study, split, images, report in studies:
+        study_dir = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+        for dicom_id, view in images:
+            metadata.append(
+                {
+                    "dicom_id": dicom_id,
+                    "subject_id": subject,
+                    "study_id": study,
+                    "ViewPosition": view,
+                    "Rows": 32,
+                    "Columns": 48,
+                }
+            )
+            split_rows.append(
+                {"dicom_id": dicom_id, "study_id": study, "subject_id": subject, "split": split}
+            )
+            if "missing" not in dicom_id:
+                study_dir.mkdir(parents=True, exist_ok=True)
+                (study_dir / f"{dicom_id}.jpg").write_bytes(jpeg_bytes(gradient()))
+        reports[f"files/p{subject[:2]}/p{subject}/s{study}.txt"] = report
+        labels = dict.fromkeys(CHEXPERT_LABELS, "")
+        labels.update(
+            {"Consolidation": 1.0, "Pleural Effusion": 1.0, "Pneumothorax": 0.0, "Pneumonia": -1.0}
+            if report is MIMIC_REPORT
+            else {"No Finding": 1.0}
+        )
+        label_rows.append({"subject_id": subject, "study_id": study, **labels})
+    suffix = ".csv.gz" if compress else ".csv"
+    pd.DataFrame(metadata).to_csv(root / f"mimic-cxr-2.0.0-metadata{suffix}", index=False)
+    pd.DataFrame(split_rows).to_csv(root / f"mimic-cxr-2.0.0-split{suffix}", index=False)
+    pd.DataFrame(label_rows).to_csv(root / f"mimic-cxr-2.0.0-chexpert{suffix}", index=False)
+    if reports_zip:
+        with zipfile.ZipFile(root / "mimic-cxr-reports.zip", "w") as archive:
+            for name, text in reports.items():
+                archive.writestr(name, text)
+    else:
+        for name, text in reports.items():
+            (root / name).write_text(text)
+    return {"studies": studies}
+
+
+def hf_rows(n: int = 12) -> dict[str, list]:
+    """Columns of a small image/findings/impression dataset (images as PNG bytes)."""
+    return {
+        "image": [
+            {"bytes": png_bytes(gradient(low=i, high=200 + i)), "path": None} for i in range(n)
+        ],
+        "findings": [f"Finding text {i}. No pleural effusion." for i in range(n)],
+        "impression": [("Cardiomegaly." if i % 2 else "No acute process.") for i in range(n)],
+    }
