@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
-
 from medxpert.config import Settings
 from medxpert.data.case import Case, normalise_view
-from medxpert.data.registry import register_reader, require_columns, resolve_image, warn_missing
+from medxpert.data.registry import read_split_table, register_reader, resolve_image, warn_missing
 from medxpert.labels import diagnosis_labels
 
 
@@ -20,24 +18,20 @@ from medxpert.labels import diagnosis_labels
 )
 def read_covid(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterator[Case]:
     """Read ``reports.csv``; the case notes (``findings``) mix history and imaging findings."""
-    table = root / "reports.csv"
-    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
-    require_columns(
-        frame.columns,
+    frame = read_split_table(
+        root / "reports.csv",
         [
             "study_id",
             "image_id",
             "image_path",
             "view",
             "findings",
-            "split",
             "diagnosis_label",
             "license",
             "patient_id",
         ],
-        str(table),
+        splits,
     )
-    frame = frame[frame["split"].isin(splits)]
     missing: list[str] = []
     for row in frame.itertuples(index=False):
         image_path = resolve_image(root, row.image_path, missing)

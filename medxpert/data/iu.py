@@ -6,11 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from medxpert.config import Settings
 from medxpert.data.case import Case, join_sections, normalise_view
-from medxpert.data.registry import register_reader, require_columns, resolve_image, warn_missing
+from medxpert.data.registry import read_split_table, register_reader, resolve_image, warn_missing
 from medxpert.labels import mesh_labels
 
 LICENCE = "CC BY-NC-ND 4.0 (as found; Demner-Fushman et al., JAMIA 2016)"
@@ -23,10 +22,8 @@ LICENCE = "CC BY-NC-ND 4.0 (as found; Demner-Fushman et al., JAMIA 2016)"
 )
 def read_iu(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterator[Case]:
     """Read ``reports.csv``; rows with ``image_available=1`` point at ``images/<id>.png``."""
-    table = root / "reports.csv"
-    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
-    require_columns(
-        frame.columns,
+    frame = read_split_table(
+        root / "reports.csv",
         [
             "study_id",
             "image_id",
@@ -35,12 +32,10 @@ def read_iu(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterat
             "findings",
             "impression",
             "mesh",
-            "split",
             "image_available",
         ],
-        str(table),
+        splits,
     )
-    frame = frame[frame["split"].isin(splits)]
     missing: list[str] = []
     for row in frame.itertuples(index=False):
         available = row.image_available.strip() in ("1", "1.0", "true", "True")

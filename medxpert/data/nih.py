@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
-
 from medxpert.config import Settings
 from medxpert.data.case import Case
-from medxpert.data.registry import register_reader, require_columns, resolve_image, warn_missing
+from medxpert.data.registry import read_split_table, register_reader, resolve_image, warn_missing
 from medxpert.labels import nih_labels
 
 LICENCE = "CC0-1.0 (NIH Clinical Center; cite Wang et al., CVPR 2017)"
@@ -22,14 +20,11 @@ LICENCE = "CC0-1.0 (NIH Clinical Center; cite Wang et al., CVPR 2017)"
 )
 def read_nih(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterator[Case]:
     """Read ``labels.csv`` (one row per image) and ``images/<image_id>.jpg|png``."""
-    table = root / "labels.csv"
-    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
-    require_columns(
-        frame.columns,
-        ["image_id", "image_path", "patient_id", "view", "finding_labels", "split"],
-        str(table),
+    frame = read_split_table(
+        root / "labels.csv",
+        ["image_id", "image_path", "patient_id", "view", "finding_labels"],
+        splits,
     )
-    frame = frame[frame["split"].isin(splits)]
     missing: list[str] = []
     for row in frame.itertuples(index=False):
         image_path = resolve_image(root, row.image_path, missing)

@@ -9,10 +9,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from medxpert.config import Settings
 from medxpert.data.case import SPLITS, Case
 from medxpert.data.locate import find_pack
-from medxpert.errors import ConfigError, DataFormatError
+from medxpert.errors import ConfigError, DataFormatError, DataNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +142,15 @@ def hashed_split(key: str, val_fraction: float = 0.1, test_fraction: float = 0.1
     if bucket < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+def read_split_table(path: Path, columns: Iterable[str], splits: frozenset[str]) -> pd.DataFrame:
+    """A pack's CSV as strings (blank cells ""), checked for `columns`, rows of `splits` only."""
+    if not path.is_file():
+        raise DataNotFoundError(f"{path} is missing; is {path.parent} a complete data pack?")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    require_columns(frame.columns, [*columns, "split"], str(path))
+    return frame[frame["split"].isin(splits)]
 
 
 def require_columns(frame_columns: Iterable[str], needed: Iterable[str], where: str) -> None:
