@@ -19,3 +19,27 @@ class DataFormatError(MedXpertError):
 
 class InvalidImageError(MedXpertError):
     """A file or upload is not a usable chest X-ray image (corrupt, empty, huge, unsupported)."""
+
+
+class ModelNotFoundError(MedXpertError):
+    """A model directory, backbone name or offline weight package that was asked for is absent."""
+
+
+class ModelFormatError(MedXpertError):
+    """A model directory is incomplete, corrupt, or does not match what was expected."""
+
+
+class HubUnavailableError(MedXpertError):
+    """A model needs the Hugging Face hub (or another download) and it cannot be reached."""
+
+
+class IndexNotFoundError(MedXpertError):
+    """No index where one was asked for (not built yet, or a wrong name)."""
+
+
+class IndexFormatError(MedXpertError):
+    """An index is incomplete, corrupt, or was built with another encoder or dimension."""
+
+
+class QueryError(MedXpertError):
+    """A search or diagnosis query cannot be answered as given (no input, empty text, bad k)."""
