@@ -189,3 +189,116 @@ def hf_rows(n: int = 12) -> dict[str, list]:
         "findings": [f"Finding text {i}. No pleural effusion." for i in range(n)],
         "impression": [("Cardiomegaly." if i % 2 else "No acute process.") for i in range(n)],
     }
+
+
+TOY_WORDS = (
+    "no",
+    "pleural",
+    "effusion",
+    "pneumothorax",
+    "heart",
+    "size",
+    "normal",
+    "large",
+    "small",
+    "left",
+    "right",
+    "cardiomegaly",
+    "edema",
+    "level",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "a",
+    "b",
+    "c",
+    "d",
+)
+
+
+def tiny_text_tower(directory: Path) -> Path:
+    """A 2-layer, 32-wide BERT with a small WordPiece vocabulary, saved like a HF model folder."""
+    from transformers import BertConfig, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *TOY_WORDS]
+    # transformers 5 takes the vocabulary itself (a `vocab_file=` argument is ignored)
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    tokenizer.save_pretrained(str(directory))
+    BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    ).save_pretrained(str(directory))
+    return directory
+
+
+TINY_VISION = {
+    "timm_model_name": "test_efficientnet",
+    "timm_model_pretrained": False,
+    "timm_pool": "avg",
+    "timm_proj": "mlp",
+    "image_size": 64,
+}
+
+
+def tiny_encoder(tmp_path: Path, seed: int = 0):
+    """A tiny open_clip dual encoder with the offline default's layout, random weights."""
+    import torch
+
+    from medxpert.encoders import DualEncoder
+
+    torch.manual_seed(seed)
+    tower = tiny_text_tower(tmp_path / "tiny_text_tower")
+    return DualEncoder.create(
+        "medxpert-default",
+        pretrained=False,
+        text_tower=tower,
+        device="cpu",
+        embed_dim=16,
+        vision_cfg=dict(TINY_VISION),
+        text_cfg={
+            "hf_model_name": "x",
+            "hf_tokenizer_name": "x",
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "mean_pooler",
+            "context_length": 32,
+        },
+    )
+
+
+def mini_packs(target: Path, shared: dict[str, Path], per_split: dict[str, int]) -> Path:
+    """Small copies of the shared packs (real rows and images, first N per split) under
+    `target`, to point MEDXPERT_DATA_DIR at."""
+    import shutil
+
+    import pandas as pd
+
+    tables = {"nih_cxr14": "labels.csv", "iu_xray": "reports.csv", "covid_cxr": "reports.csv"}
+    for pack, table in tables.items():
+        frame = pd.read_csv(shared[pack] / table, dtype=str, keep_default_na=False)
+        frame = pd.concat(
+            [frame[frame["split"] == split].head(n) for split, n in per_split.items()]
+        )
+        (target / pack / "images").mkdir(parents=True, exist_ok=True)
+        frame.to_csv(target / pack / table, index=False)
+        for relative in frame["image_path"]:
+            if relative:
+                shutil.copy(shared[pack] / relative, target / pack / relative)
+    return target
