@@ -46,3 +46,58 @@ def grouped_bar_chart(
         figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)
     return Path(path)
+
+
+def training_curves(log_path: str | Path, path: str | Path) -> Path:
+    """Loss per step (per loss term: the logged window means, smoothed) and validation scores
+    per epoch, from a training log (JSON lines)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line]
+    steps = [r for r in records if r.get("event") == "step"]
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("paired_loss", "unpaired_loss", "image_image_loss"):
+        points = [(r["step"], r[key]) for r in steps if key in r]
+        if points:
+            x, y = np.array(points).T
+            window = max(1, len(y) // 10)
+            smooth = np.convolve(y, np.ones(window) / window, mode="valid")
+            losses.plot(
+                x[window - 1 :],
+                smooth,
+                marker="." if len(smooth) < 20 else None,
+                label=key.replace("_", " "),
+            )
+    losses.set_xlabel("step")
+    losses.set_ylabel("loss (mean per log window, smoothed)")
+    losses.legend(fontsize="small")
+    losses.grid(alpha=0.3)
+    metric_keys = [
+        k
+        for k in (epochs[0] if epochs else {})
+        if k not in ("event", "epoch", "improved", "seconds")
+    ]
+    for key in metric_keys:
+        scores.plot(
+            [r["epoch"] for r in epochs],
+            [r[key] for r in epochs],
+            marker="o",
+            label=key.replace("_", " "),
+        )
+    scores.set_xlabel("epoch")
+    scores.set_ylabel("validation")
+    scores.legend(fontsize="small")
+    scores.grid(alpha=0.3)
+    figure.suptitle("Fine-tuning")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+    return Path(path)

@@ -1,0 +1,245 @@
+"""Fine-tuning: losses, the loop on a toy set (loss falls, recall rises), resume, early stop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medxpert.data import Case
+from medxpert.encoders import DualEncoder
+from medxpert.errors import ConfigError
+from medxpert.eval.retrieval_metrics import recall_at_k
+from medxpert.labels import label_vector
+from medxpert.train import TrainConfig, TrainingDataError, finetune
+from medxpert.train import loop as loop_module
+from medxpert.train.losses import clip_loss, soft_clip_loss, soft_self_loss, soft_targets
+from tests.builders import TOY_WORDS, png_bytes, tiny_encoder
+
+LEVEL_WORDS = TOY_WORDS[TOY_WORDS.index("zero") : TOY_WORDS.index("fifteen") + 1]
+
+
+# --- losses -------------------------------------------------------------------------------------
+def test_clip_loss_matches_its_definition():
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    logits = 10.0 * image @ text.T
+    expected = (
+        -(torch.log_softmax(logits, 1).diag().mean() + torch.log_softmax(logits.T, 1).diag().mean())
+        / 2
+    )
+    torch.testing.assert_close(clip_loss(image, text, torch.tensor(10.0)), expected)
+
+
+def test_soft_targets_follow_label_similarity():
+    labels = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])
+    targets = soft_targets(labels, labels, temperature=0.01)
+    torch.testing.assert_close(targets.sum(1), torch.ones(3))
+    assert targets[0, 0] == pytest.approx(0.5, abs=1e-4) and targets[0, 2] < 1e-6
+    assert targets[2, 2] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_soft_clip_loss_is_lowest_when_same_labels_align():
+    labels = torch.tensor([[1.0, 0], [0, 1.0]])
+    aligned = torch.eye(2)
+    crossed = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    scale = torch.tensor(10.0)
+    assert soft_clip_loss(aligned, aligned, scale, labels, labels) < soft_clip_loss(
+        aligned, crossed, scale, labels, labels
+    )
+
+
+def test_soft_self_loss_ignores_each_item_itself():
+    labels = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0]])
+    grouped = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]]), dim=1
+    )
+    mixed = grouped[[0, 2, 1, 3]]
+    scale = torch.tensor(10.0)
+    assert soft_self_loss(grouped, scale, labels) < soft_self_loss(mixed, scale, labels)
+    assert torch.isfinite(soft_self_loss(grouped, scale, labels))
+
+
+def test_train_config_validation_and_tuned_defaults():
+    assert TrainConfig().lr_tower == 5e-6 and TrainConfig().batch_size == 16
+    tuned = TrainConfig.for_backbone("medxpert-default", epochs=1, lr_head=None)
+    assert tuned.epochs == 1 and tuned.lr_head == 1e-3
+    with pytest.raises(ConfigError, match="batch_size"):
+        TrainConfig(batch_size=1)
+    with pytest.raises(ConfigError, match="unknown training option"):
+        TrainConfig.for_backbone("medxpert-default", learning_rate=1.0)
+
+
+# --- the loop on a toy set ------------------------------------------------------------------------
+def toy_pairs(tmp_path, n: int = 16) -> list[Case]:
+    """Images with a bright block at a different place each (a 4×4 grid of positions), each
+    paired with a report naming its number. (Global grey levels would be a poor toy: batch
+    norm removes much of a whole-image brightness difference.)"""
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(n):
+        pixels = np.clip(60 + rng.normal(0, 3, (48, 48)), 0, 255)
+        row, column = divmod(i, 4)
+        pixels[row * 12 : (row + 1) * 12, column * 12 : (column + 1) * 12] = 230
+        path = tmp_path / f"toy{i}.png"
+        path.write_bytes(png_bytes(pixels.astype(np.uint8)))
+        cases.append(
+            Case(
+                case_id=f"toy:{i}",
+                source="toy",
+                split="train",
+                image_path=str(path),
+                findings=f"level {LEVEL_WORDS[i]}.",
+                view="frontal",
+            )
+        )
+    return cases
+
+
+def toy_unpaired(tmp_path) -> list[Case]:
+    """Labelled images (dark = effusion, bright = cardiomegaly) and labelled reports."""
+    cases = []
+    for i in range(16):
+        label = "Pleural Effusion" if i % 2 else "Cardiomegaly"
+        path = tmp_path / f"u{i}.png"
+        path.write_bytes(png_bytes(np.full((48, 48), 40 if i % 2 else 220, np.uint8)))
+        cases.append(
+            Case(
+                case_id=f"img:{i}",
+                source="toy",
+                split="train",
+                image_path=str(path),
+                labels=label_vector({label: 1}),
+            )
+        )
+        text = "large left pleural effusion." if i % 2 else "cardiomegaly."
+        cases.append(
+            Case(
+                case_id=f"txt:{i}",
+                source="toy",
+                split="train",
+                study_id=f"s{i}",
+                findings=text,
+                labels=label_vector({label: 1}),
+            )
+        )
+    return cases
+
+
+def paired_recall(encoder: DualEncoder, cases: list[Case], k: int = 1) -> float:
+    images = encoder.encode_images([c.image_path for c in cases])
+    texts = encoder.encode_texts([c.text() for c in cases])
+    return float(recall_at_k(images @ texts.T, k).mean())
+
+
+def toy_config(**overrides) -> TrainConfig:
+    values = dict(
+        epochs=4,
+        batch_size=8,
+        lr_tower=3e-3,
+        lr_head=3e-3,
+        augment=False,
+        freeze=(),
+        warmup_fraction=0.0,
+        log_every=1,
+        patience=10,
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_loss_falls_and_recall_rises_on_a_toy_set(tmp_path):
+    cases = toy_pairs(tmp_path)
+    encoder = tiny_encoder(tmp_path)
+    before = paired_recall(encoder, cases, k=5)
+    log = tmp_path / "log.jsonl"
+    result = finetune(
+        encoder,
+        cases,
+        toy_config(epochs=20),
+        out_dir=tmp_path / "model",
+        val_cases=cases,
+        log_path=log,
+    )
+    after = paired_recall(encoder, cases, k=5)
+    losses = [
+        r["paired_loss"]
+        for r in map(json.loads, log.read_text().splitlines())
+        if r["event"] == "step"
+    ]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 1.0
+    assert after >= before + 0.4, (before, after)
+    assert result.best_epoch >= 10 and (tmp_path / "model" / "medxpert.json").is_file()
+    saved = DualEncoder.load(tmp_path / "model")
+    assert saved.info["training"]["best_epoch"] == result.best_epoch
+    assert saved.fingerprint() == encoder.fingerprint(), "the encoder holds the best epoch"
+
+
+def test_unpaired_labelled_data_trains_with_soft_targets(tmp_path):
+    cases = toy_unpaired(tmp_path)
+    encoder = tiny_encoder(tmp_path)
+    log = tmp_path / "log.jsonl"
+    finetune(encoder, cases, toy_config(epochs=6), out_dir=tmp_path / "model", log_path=log)
+    steps = [json.loads(line) for line in log.read_text().splitlines()]
+    unpaired = [r["unpaired_loss"] for r in steps if r["event"] == "step"]
+    assert unpaired and np.mean(unpaired[-2:]) < np.mean(unpaired[:2])
+    images = encoder.encode_images([c.image_path for c in cases if c.has_image][:2])
+    texts = encoder.encode_texts(["cardiomegaly.", "large left pleural effusion."])
+    similarity = images @ texts.T  # image 0 is cardiomegaly, image 1 effusion
+    assert similarity[0, 0] > similarity[0, 1] and similarity[1, 1] > similarity[1, 0]
+
+
+def test_resume_after_a_crash_gives_the_same_model(tmp_path, monkeypatch):
+    cases = toy_pairs(tmp_path)
+    config = toy_config(epochs=3)
+    straight = tiny_encoder(tmp_path)
+    finetune(straight, cases, config, out_dir=tmp_path / "straight", val_cases=cases)
+
+    calls = {"n": 0}
+    real_call = loop_module.Validator.__call__
+
+    def crash_in_epoch_two(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed during epoch 2")
+        return real_call(self)
+
+    monkeypatch.setattr(loop_module.Validator, "__call__", crash_in_epoch_two)
+    interrupted = tiny_encoder(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(interrupted, cases, config, out_dir=tmp_path / "resumed", val_cases=cases)
+    assert (tmp_path / ".resumed.checkpoints" / "last.pt").is_file()
+    monkeypatch.setattr(loop_module.Validator, "__call__", real_call)
+    resumed = tiny_encoder(tmp_path)
+    result = finetune(
+        resumed, cases, config, out_dir=tmp_path / "resumed", val_cases=cases, resume=True
+    )
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    for (key, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=key)
+    assert not (tmp_path / ".resumed.checkpoints").exists(), "checkpoints removed when done"
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path, monkeypatch):
+    scores = iter([0.5, 0.4, 0.3, 0.2])
+    monkeypatch.setattr(loop_module.Validator, "__call__", lambda self: {"score": next(scores)})
+    encoder = tiny_encoder(tmp_path)
+    result = finetune(
+        encoder, toy_pairs(tmp_path), toy_config(epochs=4, patience=2), out_dir=tmp_path / "model"
+    )
+    assert result.best_epoch == 1 and len(result.history) == 3
+
+
+def test_training_needs_usable_data(tmp_path):
+    encoder = tiny_encoder(tmp_path)
+    only_images = [c for c in toy_unpaired(tmp_path) if c.has_image]
+    with pytest.raises(TrainingDataError, match="nothing to train on"):
+        finetune(encoder, only_images, toy_config(), out_dir=tmp_path / "m")
+    with pytest.raises(TrainingDataError, match="larger than the training data"):
+        finetune(
+            encoder, toy_pairs(tmp_path, n=4), toy_config(batch_size=8), out_dir=tmp_path / "m"
+        )
