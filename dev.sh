@@ -5,6 +5,8 @@
 #   ./dev.sh test         set up .venv if needed, then ruff check + pytest
 #   ./dev.sh setup        only create / update .venv
 #   ./dev.sh data         summary of the shared data packs (results/data_summary.json)
+#   ./dev.sh train        fine-tune the offline default encoder (models/medxpert-default)
+#   ./dev.sh eval         retrieval metrics, fine-tuned vs untuned vs chance (results/)
 #   ./dev.sh labels       report-labeler agreement with IU MeSH tags (benchmarks/)
 #   ./dev.sh help         this text
 #
@@ -75,6 +77,19 @@ run_data() {
     --json results/data_summary.json
 }
 
+run_train() {
+  offline_env
+  step "Fine-tuning the offline default encoder -> models/medxpert-default (about 12 min on 2 CPU cores)"
+  "$VENV/bin/medxpert" train --out models/medxpert-default
+}
+
+run_eval() {
+  offline_env
+  [ -f models/medxpert-default/medxpert.json ] || run_train
+  step "Retrieval evaluation on the test split -> results/retrieval_metrics.{json,csv,md,png}"
+  "$VENV/bin/medxpert" eval retrieval --model models/medxpert-default
+}
+
 run_labels() {
   offline_env
   step "Report-labeler agreement with IU X-ray MeSH tags -> results/labeler_agreement.*"
@@ -83,10 +98,16 @@ run_labels() {
 
 main_job() {
   run_data
+  if [ -f models/medxpert-default/medxpert.json ]; then
+    step "Fine-tuned encoder already in models/medxpert-default (./dev.sh train retrains it)"
+  else
+    run_train
+  fi
+  run_eval
   step "Main job finished; results are under results/"
 }
 
-usage() { sed -n "2,11p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,13p" "$0" | sed 's/^# \{0,1\}//'; }
 
 command="${1:-all}"
 [ $# -gt 0 ] && shift
@@ -95,6 +116,8 @@ case "$command" in
   setup)  setup ;;
   test)   setup; run_tests "$@" ;;
   data)   setup; run_data ;;
+  train)  setup; run_train ;;
+  eval)   setup; run_eval ;;
   labels) setup; run_labels ;;
   help|-h|--help) usage ;;
   *) usage; fail "unknown command '$command'" ;;

@@ -1,0 +1,92 @@
+"""`medxpert train`: contrastive fine-tuning of a dual encoder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medxpert.cli.common import add_source_arguments, load_sources
+from medxpert.config import Settings
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="fine-tune a dual encoder on paired and unpaired cases",
+        description="Fine-tune a dual encoder: InfoNCE on image-report pairs, label-aware soft "
+        "targets on labelled images and reports. Unset options take the tuned "
+        "defaults of the backbone (see docs/training.md).",
+    )
+    parser.add_argument("--backbone", default=None, help="backbone (default: MEDXPERT_ENCODER)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="model directory to write (default: models/<backbone>)",
+    )
+    add_source_arguments(parser)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--grad-accum", type=int)
+    parser.add_argument("--lr-tower", type=float, help="learning rate of the pretrained towers")
+    parser.add_argument("--lr-head", type=float, help="learning rate of the projection heads")
+    parser.add_argument(
+        "--freeze",
+        action="append",
+        metavar="PREFIX",
+        help="freeze parameters with this name prefix (repeatable)",
+    )
+    parser.add_argument("--no-freeze", action="store_true", help="train every layer")
+    parser.add_argument("--text-sections", help="comma-separated, default impression,findings")
+    parser.add_argument("--image-image-weight", type=float)
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps (quick runs)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from medxpert.encoders import DualEncoder
+    from medxpert.eval.plots import training_curves
+    from medxpert.train import TrainConfig, finetune
+
+    settings = Settings.from_env()
+    backbone = args.backbone or settings.encoder
+    out = args.out or settings.models_dir / backbone.replace("/", "_").replace(":", "_")
+    freeze = () if args.no_freeze else (tuple(args.freeze) if args.freeze else None)
+    config = TrainConfig.for_backbone(
+        backbone,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr_tower=args.lr_tower,
+        lr_head=args.lr_head,
+        freeze=freeze,
+        text_sections=tuple(args.text_sections.split(",")) if args.text_sections else None,
+        image_image_weight=args.image_image_weight,
+        augment=False if args.no_augment else None,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        seed=args.seed,
+        extra={"sources": args.source or "shared packs"},
+    )
+    train_cases = load_sources(args.source, "train")
+    val_cases = load_sources(args.source, "val")
+    encoder = DualEncoder.create(backbone, device=args.device or settings.device)
+    log_path = settings.results_dir / "train_log.jsonl"
+    result = finetune(
+        encoder,
+        train_cases,
+        config,
+        out_dir=out,
+        val_cases=val_cases,
+        log_path=log_path,
+        resume=args.resume,
+    )
+    curves = training_curves(log_path, settings.results_dir / "train_curves.png")
+    print(
+        f"best epoch {result.best_epoch} (validation score {result.best_score:.3f}) in "
+        f"{result.seconds / 60:.1f} min; model: {result.model_dir}; log: {log_path}; "
+        f"curves: {curves}"
+    )
