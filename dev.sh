@@ -6,7 +6,9 @@
 #   ./dev.sh setup        only create / update .venv
 #   ./dev.sh data         summary of the shared data packs (results/data_summary.json)
 #   ./dev.sh train        fine-tune the offline default encoder (models/medxpert-default)
+#   ./dev.sh index        embed train+val cases into the case library (indexes/medxpert-default)
 #   ./dev.sh eval         retrieval metrics, fine-tuned vs untuned vs chance (results/)
+#   ./dev.sh search       sample searches: top-K tables, CSV and PNG grids (results/inference_plots)
 #   ./dev.sh labels       report-labeler agreement with IU MeSH tags (benchmarks/)
 #   ./dev.sh help         this text
 #
@@ -83,11 +85,49 @@ run_train() {
   "$VENV/bin/medxpert" train --out models/medxpert-default
 }
 
+ensure_model() {
+  [ -f models/medxpert-default/medxpert.json ] || run_train
+}
+
+index_is_current() {
+  # the library exists and was built with the model now in models/ (same fingerprint)
+  [ -f indexes/medxpert-default/manifest.json ] && "$PY" -c '
+import json, sys
+built_with = json.load(open("indexes/medxpert-default/manifest.json"))["encoder"]["fingerprint"]
+model = json.load(open("models/medxpert-default/medxpert.json"))["fingerprint"]
+sys.exit(built_with != model)'
+}
+
+ensure_index() {
+  ensure_model
+  if index_is_current; then
+    step "Case library indexes/medxpert-default is current (./dev.sh index rebuilds it)"
+  else
+    run_index
+  fi
+}
+
+run_index() {
+  offline_env
+  ensure_model
+  step "Embedding the train+val cases into the case library -> indexes/medxpert-default"
+  "$VENV/bin/medxpert" index build --model models/medxpert-default --name medxpert-default
+}
+
 run_eval() {
   offline_env
-  [ -f models/medxpert-default/medxpert.json ] || run_train
+  ensure_index
   step "Retrieval evaluation on the test split -> results/retrieval_metrics.{json,csv,md,png}"
-  "$VENV/bin/medxpert" eval retrieval --model models/medxpert-default
+  "$VENV/bin/medxpert" eval retrieval --model models/medxpert-default --index medxpert-default
+}
+
+run_search() {
+  offline_env
+  ensure_index
+  step "Sample searches: 3 test X-rays and 2 text queries -> results/inference_plots/"
+  "$VENV/bin/medxpert" search --sample 3 --text "cardiomegaly with pleural effusion" \
+    --text "left lower lobe consolidation" -k 5 --target both \
+    --csv results/inference_plots/inference_topk.csv --plot results/inference_plots
 }
 
 run_labels() {
@@ -103,11 +143,13 @@ main_job() {
   else
     run_train
   fi
+  run_index
   run_eval
+  run_search
   step "Main job finished; results are under results/"
 }
 
-usage() { sed -n "2,13p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,15p" "$0" | sed 's/^# \{0,1\}//'; }
 
 command="${1:-all}"
 [ $# -gt 0 ] && shift
@@ -117,7 +159,9 @@ case "$command" in
   test)   setup; run_tests "$@" ;;
   data)   setup; run_data ;;
   train)  setup; run_train ;;
+  index)  setup; run_index ;;
   eval)   setup; run_eval ;;
+  search) setup; run_search ;;
   labels) setup; run_labels ;;
   help|-h|--help) usage ;;
   *) usage; fail "unknown command '$command'" ;;

@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medxpert.data import Case
+from medxpert.labels import label_vector
+
 
 def gradient(
     height: int = 32, width: int = 48, low: int = 0, high: int = 255, dtype: type = np.uint8
@@ -302,3 +305,37 @@ def mini_packs(target: Path, shared: dict[str, Path], per_split: dict[str, int])
             if relative:
                 shutil.copy(shared[pack] / relative, target / pack / relative)
     return target
+
+
+def library_cases(tmp_path: Path) -> list[Case]:
+    """12 labelled image-only cases (8 train, 4 test; two per patient) and 6 text-only cases
+    in 3 studies (two images of a study share one report)."""
+    cases = []
+    for i in range(12):
+        path = tmp_path / f"img{i}.png"
+        path.write_bytes(png_bytes(gradient(low=i * 10, high=100 + i * 10)))
+        cases.append(
+            Case(
+                case_id=f"nih:{i}",
+                source="nih",
+                split="train" if i < 8 else "test",
+                study_id=f"nih:{i}",
+                patient_id=f"p{i // 2}",
+                view="frontal",
+                image_path=str(path),
+                labels=label_vector({"Edema": 1}),
+            )
+        )
+    for i in range(6):  # two images per study share one report
+        cases.append(
+            Case(
+                case_id=f"iu:{i}",
+                source="iu",
+                split="test",
+                study_id=f"iu:s{i // 2}",
+                patient_id=f"iu:s{i // 2}",
+                view="lateral" if i % 2 else "frontal",
+                findings=f"level {TOY_WORDS[TOY_WORDS.index('zero') + i // 2]} pleural effusion.",
+            )
+        )
+    return cases

@@ -26,6 +26,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="untuned backbone to compare with (default: the model's own)",
     )
+    retrieval.add_argument(
+        "--index",
+        default=None,
+        help="case library built with --model: its stored image vectors are used instead of "
+        "embedding those images again (refused if built with another model)",
+    )
     add_source_arguments(retrieval)
     retrieval.add_argument("--split", default="test", choices=("val", "test"))
     retrieval.add_argument("--knn-k", type=int, default=None, help="neighbours for kNN AUC")
@@ -41,7 +47,7 @@ def _run_retrieval(args: argparse.Namespace) -> None:
 
     from medxpert.encoders import DualEncoder
     from medxpert.eval.results import write_results
-    from medxpert.eval.retrieval import KNN_K, Embedder, RetrievalSets, evaluate
+    from medxpert.eval.retrieval import KNN_K, Embedder, RetrievalSets, cached, evaluate
 
     settings = Settings.from_env()
     model_dir = args.model or settings.models_dir / settings.encoder
@@ -52,9 +58,12 @@ def _run_retrieval(args: argparse.Namespace) -> None:
         load_sources(args.source, args.split), load_sources(args.source, "train")
     )
     knn_k = args.knn_k or KNN_K
+    tuned_images = tuned.encode_images
+    if args.index:
+        tuned_images = cached(tuned_images, _library_image_vectors(args.index, tuned, settings))
     models = {
         "untuned": Embedder(untuned.encode_images, untuned.encode_texts),
-        "fine-tuned": Embedder(tuned.encode_images, tuned.encode_texts),
+        "fine-tuned": Embedder(tuned_images, tuned.encode_texts),
     }
     rows = evaluate(models, sets, knn_k=knn_k, n_boot=args.bootstrap)
     meta = {
@@ -63,6 +72,7 @@ def _run_retrieval(args: argparse.Namespace) -> None:
         "split": args.split,
         "sets": sets.describe(),
         "knn_k": knn_k,
+        "index": args.index,
         "bootstrap": args.bootstrap,
     }
     paths = write_results(
@@ -74,3 +84,23 @@ def _run_retrieval(args: argparse.Namespace) -> None:
     )
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _library_image_vectors(name: str, encoder, settings: Settings) -> dict:
+    """image path → stored vector of a library built with `encoder` (fingerprint checked)."""
+    from medxpert.cli.index import library_dir
+    from medxpert.errors import IndexFormatError
+    from medxpert.index import CaseLibrary
+
+    library = CaseLibrary.load(library_dir(name, settings), encoder=encoder)
+    if "images" not in library.indexes:
+        return {}
+    if not library.indexes["images"].stores_exact_vectors:
+        raise IndexFormatError(
+            f"the image index of {name} compresses its vectors "
+            f"({library.indexes['images'].factory}); evaluate without --index."
+        )
+    stored = library.stored_vectors("images")
+    paths = [library.case(row).image_path for row in stored.rows]
+    print(f"taking {len(paths)} image vectors from the case library {name}")
+    return dict(zip(paths, stored.vectors, strict=True))

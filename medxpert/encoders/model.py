@@ -481,18 +481,27 @@ def _fingerprint(model_cfg: dict, preprocess: dict, state: dict[str, torch.Tenso
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Hide transformers' per-load report and progress bar while we build a known tower (its
-    "UNEXPECTED pooler" notice is expected: open_clip drops the pooler it does not use)."""
+    "UNEXPECTED pooler" notice is expected: open_clip drops the pooler it does not use), and
+    open_clip's "No pretrained weights loaded" warning: we load the towers' weights ourselves
+    right after."""
     from transformers.utils import logging as hf_logging
 
     verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    root = logging.getLogger()
+    root.addFilter(_no_random_init_warning)
     try:
         yield
     finally:
+        root.removeFilter(_no_random_init_warning)
         hf_logging.set_verbosity(verbosity)
         if bar:
             hf_logging.enable_progress_bar()
+
+
+def _no_random_init_warning(record: logging.LogRecord) -> bool:
+    return "No pretrained weights loaded" not in record.getMessage()
 
 
 def _write_json(path: Path, obj: object) -> None:

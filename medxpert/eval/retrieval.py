@@ -51,6 +51,20 @@ class Embedder:
     texts: Embed
 
 
+def cached(embed: Embed, cache: Mapping[str, np.ndarray]) -> Embed:
+    """`embed` that takes the vectors of items found in `cache` (for example a saved case
+    library's, made by the same model) and embeds only the rest."""
+
+    def lookup(items: Sequence[str]) -> np.ndarray:
+        missing = [item for item in items if item not in cache]
+        fresh = dict(zip(missing, embed(missing), strict=True)) if missing else {}
+        if not items:
+            return embed(items)
+        return np.stack([cache[item] if item in cache else fresh[item] for item in items])
+
+    return lookup
+
+
 @dataclass(frozen=True)
 class RetrievalSets:
     """The evaluation sets drawn from test (and train, for kNN) cases."""

@@ -1,0 +1,129 @@
+"""`medxpert index build` / `medxpert index info`: the case library under indexes/<name>/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from medxpert.cli.common import add_source_arguments, load_sources
+from medxpert.config import Settings
+
+DEFAULT_SPLITS = ("train", "val")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("index", help="build and inspect case libraries (FAISS)")
+    actions = parser.add_subparsers(title="actions", metavar="ACTION")
+
+    build = actions.add_parser(
+        "build",
+        help="embed cases and save their image and report indexes",
+        description="Embed every case of the chosen sources and splits (images into an image "
+        "index, one report per study into a report index) and save them under "
+        "indexes/<name>/. The test split is left out by default, so that test cases can be "
+        "queried honestly.",
+    )
+    build.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model directory (default: models/<MEDXPERT_ENCODER>)",
+    )
+    build.add_argument("--name", default=None, help="library name (default: the model's name)")
+    add_source_arguments(build)
+    build.add_argument(
+        "--split",
+        action="append",
+        choices=("train", "val", "test"),
+        help=f"split to index (repeatable; default: {' '.join(DEFAULT_SPLITS)})",
+    )
+    build.add_argument(
+        "--image-factory",
+        default="auto",
+        help="FAISS factory string for images: Flat, HNSW32, IVF{nlist},SQ8, "
+        "IVF{nlist},PQ32, ... or auto (by corpus size; see docs/index.md)",
+    )
+    build.add_argument("--report-factory", default="auto", help="the same, for reports")
+    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument(
+        "--embeddings",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write the raw embeddings (.npy) and their case ids here",
+    )
+    build.set_defaults(run=_build)
+
+    info = actions.add_parser("info", help="print a library's manifest summary")
+    info.add_argument(
+        "name",
+        nargs="?",
+        default=None,
+        help="library name or folder (default: the MEDXPERT_ENCODER one)",
+    )
+    info.add_argument("--json", action="store_true", help="print the whole manifest")
+    info.set_defaults(run=_info)
+
+
+def library_dir(name: str | Path | None, settings: Settings) -> Path:
+    """A library folder from a name (under indexes/) or a path."""
+    if name is None:
+        return settings.indexes_dir / settings.encoder
+    path = Path(name)
+    return path if path.is_dir() or len(path.parts) > 1 else settings.indexes_dir / name
+
+
+def _build(args: argparse.Namespace) -> None:
+    from medxpert.encoders import DualEncoder
+    from medxpert.index import CaseLibrary, embed_cases
+    from medxpert.index.export import write_embeddings
+
+    settings = Settings.from_env()
+    model_dir = args.model or settings.models_dir / settings.encoder
+    encoder = DualEncoder.load(model_dir, device=settings.device)
+    splits = args.split or list(DEFAULT_SPLITS)
+    cases = [case for split in splits for case in load_sources(args.source, split)]
+    embeddings = embed_cases(encoder, cases, batch_size=args.batch_size)
+    library = CaseLibrary.from_embeddings(
+        encoder,
+        cases,
+        embeddings,
+        image_factory=args.image_factory,
+        report_factory=args.report_factory,
+    )
+    target = library_dir(args.name or Path(model_dir).name, settings)
+    library.save(target)
+    print(f"case library {target}: {_summary(library.manifest)}")
+    if args.embeddings:
+        for path in write_embeddings(args.embeddings, cases, embeddings):
+            print(f"wrote {path}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    from medxpert.index.library import read_manifest
+
+    settings = Settings.from_env()
+    manifest = read_manifest(library_dir(args.name, settings))
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return
+    print(f"{manifest['name']}: {_summary(manifest)}")
+    print(
+        f"  encoder {manifest['encoder']['backbone']} (fingerprint "
+        f"{manifest['encoder']['fingerprint'][:16]}…), d={manifest['encoder']['dim']}"
+    )
+    print(
+        f"  sources {', '.join(manifest['sources'])}; splits {', '.join(manifest['splits'])}; "
+        f"created {manifest['created']}"
+    )
+
+
+def _summary(manifest: dict) -> str:
+    parts = [
+        f"{entry['count']} {modality} ({entry['factory']}"
+        + (f", {entry['search_params']}" if entry.get("search_params") else "")
+        + ")"
+        for modality, entry in manifest["indexes"].items()
+    ]
+    return f"{manifest['cases']} cases; " + ", ".join(parts)

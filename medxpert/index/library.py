@@ -1,0 +1,385 @@
+"""`CaseLibrary`: the searchable case library saved under ``indexes/<name>/``.
+
+    images.faiss     image embeddings of every case with an image
+    reports.faiss    report embeddings, one per study (text-only cases included)
+    cases.parquet    the case table; a case's id in both indexes is its row number
+    manifest.json    encoder fingerprint, dimension, metric, factory strings, counts, file
+                     sizes and SHA-256 checksums, library versions, creation time
+
+Saving is atomic (a whole new folder replaces the old one), so a crash mid-save leaves the
+previous library usable. Loading refuses a missing or truncated file, a checksum mismatch, and
+an index built with an encoder other than the one in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medxpert import __version__
+from medxpert.atomic import atomic_directory
+from medxpert.data import Case, cases_from_frame, cases_to_frame
+from medxpert.data.case import TEXT_FIELDS
+from medxpert.encoders import DualEncoder
+from medxpert.errors import IndexFormatError, IndexNotFoundError
+from medxpert.index.vector_index import METRIC, VectorIndex
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CASES_FILE = "cases.parquet"
+MODALITIES = ("images", "reports")
+
+
+@dataclass
+class CaseLibrary:
+    """Cases plus their image and report indexes, built with one encoder."""
+
+    cases: list[Case]
+    indexes: dict[str, VectorIndex]  # "images" and/or "reports"
+    encoder_fingerprint: str
+    encoder_backbone: str
+    text_sections: tuple[str, ...] = TEXT_FIELDS
+    manifest: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._row_of = {case.case_id: row for row, case in enumerate(self.cases)}
+
+    # --- building ------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        encoder: DualEncoder,
+        cases: Sequence[Case],
+        *,
+        image_factory: str = "auto",
+        report_factory: str = "auto",
+        text_sections: Sequence[str] = TEXT_FIELDS,
+        batch_size: int = 32,
+    ) -> CaseLibrary:
+        """Embed every case (images into one index, one report per study into the other)."""
+        cases = list(cases)
+        embeddings = embed_cases(encoder, cases, text_sections, batch_size)
+        return cls.from_embeddings(
+            encoder,
+            cases,
+            embeddings,
+            image_factory=image_factory,
+            report_factory=report_factory,
+            text_sections=text_sections,
+        )
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        encoder: DualEncoder,
+        cases: Sequence[Case],
+        embeddings: dict[str, Embeddings],
+        *,
+        image_factory: str = "auto",
+        report_factory: str = "auto",
+        text_sections: Sequence[str] = TEXT_FIELDS,
+    ) -> CaseLibrary:
+        """Index embeddings made by `embed_cases` with the same `encoder` and `cases`."""
+        factories = {"images": image_factory, "reports": report_factory}
+        indexes = {
+            modality: VectorIndex.build(found.vectors, found.rows, factories[modality])
+            for modality, found in embeddings.items()
+        }
+        return cls(
+            list(cases), indexes, encoder.fingerprint(), encoder.backbone, tuple(text_sections)
+        )
+
+    def add_cases(self, encoder: DualEncoder, cases: Sequence[Case], batch_size: int = 32) -> int:
+        """Embed and append new cases (ids not yet in the library); returns how many."""
+        self._check_encoder(encoder)
+        new = [case for case in cases if case.case_id not in self._row_of]
+        indexed_studies = {
+            case.study_id or case.case_id for case in self.cases if case.text(self.text_sections)
+        }
+        start = len(self.cases)
+        self.cases.extend(new)
+        self._row_of.update({case.case_id: start + i for i, case in enumerate(new)})
+        image_rows, report_rows = _rows_to_embed(
+            self.cases[start:], self.text_sections, offset=start, known_studies=indexed_studies
+        )
+        if image_rows:
+            vectors = encoder.encode_images(
+                [self.cases[r].image_path for r in image_rows], batch_size
+            )
+            self._index("images", vectors.shape[1]).add(vectors, np.array(image_rows))
+        if report_rows:
+            vectors = encoder.encode_texts(
+                [self.cases[r].text(self.text_sections) for r in report_rows], batch_size * 2
+            )
+            self._index("reports", vectors.shape[1]).add(vectors, np.array(report_rows))
+        return len(new)
+
+    def remove_cases(self, case_ids: Sequence[str]) -> int:
+        """Take cases out of both indexes (their rows stay in the table); returns how many."""
+        rows = np.array([self._row_of[c] for c in case_ids if c in self._row_of], dtype=np.int64)
+        removed = {name: index.remove(rows) for name, index in self.indexes.items()}
+        return max(removed.values(), default=0)
+
+    # --- lookup --------------------------------------------------------------------------------
+    def case(self, row: int) -> Case:
+        return self.cases[int(row)]
+
+    def row_of(self, case_id: str) -> int | None:
+        return self._row_of.get(case_id)
+
+    def stored_vectors(self, modality: str) -> Embeddings:
+        """The rows and vectors of one index, as stored (exact unless it compresses them:
+        see `VectorIndex.stores_exact_vectors`)."""
+        index = self.indexes[modality]
+        rows = index.ids()
+        return Embeddings(rows, index.reconstruct(rows))
+
+    def count(self, modality: str) -> int:
+        return len(self.indexes[modality]) if modality in self.indexes else 0
+
+    # --- files ---------------------------------------------------------------------------------
+    def save(self, directory: str | Path, *, name: str | None = None) -> Path:
+        """Write the library folder atomically; returns its path."""
+        directory = Path(directory)
+        with atomic_directory(directory) as tmp:
+            cases_to_frame(self.cases).to_parquet(tmp / CASES_FILE, index=False)
+            for modality, index in self.indexes.items():
+                index.save(tmp / f"{modality}.faiss")
+            manifest = self._manifest(tmp, name or directory.name)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        self.manifest = manifest
+        logger.info("saved case library %s: %s", directory, _describe_counts(manifest))
+        return directory
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        *,
+        encoder: DualEncoder | None = None,
+        mmap: bool = False,
+        verify: bool = True,
+    ) -> CaseLibrary:
+        """Read a library folder; with `encoder`, refuse an index built with another one."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        if verify:
+            _verify_files(directory, manifest)
+        indexes = {
+            modality: VectorIndex.load(
+                directory / entry["file"],
+                entry["factory"],
+                set(entry.get("removed", [])),
+                mmap=mmap,
+                search_params=entry.get("search_params"),
+            )
+            for modality, entry in manifest["indexes"].items()
+        }
+        frame = pd.read_parquet(directory / CASES_FILE)
+        library = cls(
+            cases_from_frame(frame),
+            indexes,
+            manifest["encoder"]["fingerprint"],
+            manifest["encoder"]["backbone"],
+            tuple(manifest.get("text_sections", TEXT_FIELDS)),
+            manifest,
+        )
+        if encoder is not None:
+            library._check_encoder(encoder)
+        logger.info(
+            "loaded case library %s (%s) on %s",
+            directory,
+            _describe_counts(manifest),
+            next(iter(indexes.values())).device,
+        )
+        return library
+
+    # --- internals ------------------------------------------------------------------------------
+    def _check_encoder(self, encoder: DualEncoder) -> None:
+        fingerprint = encoder.fingerprint()
+        if fingerprint != self.encoder_fingerprint:
+            raise IndexFormatError(
+                f"this index was built with encoder {self.encoder_backbone} (fingerprint "
+                f"{self.encoder_fingerprint}), but the encoder in use is {encoder.backbone} "
+                f"(fingerprint {fingerprint}); its vectors are not comparable. Rebuild the index "
+                "with this model (`medxpert index build --model ...`) or load the model it was "
+                "built with."
+            )
+
+    def _index(self, modality: str, dim: int) -> VectorIndex:
+        if modality not in self.indexes:
+            self.indexes[modality] = VectorIndex.build(
+                np.empty((0, dim), np.float32), np.empty(0, np.int64), "Flat"
+            )
+        return self.indexes[modality]
+
+    def _manifest(self, directory: Path, name: str) -> dict:
+        files = [CASES_FILE, *[f"{m}.faiss" for m in self.indexes]]
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "encoder": {
+                "fingerprint": self.encoder_fingerprint,
+                "backbone": self.encoder_backbone,
+                "dim": next(iter(self.indexes.values())).dim,
+            },
+            "metric": METRIC,
+            "text_sections": list(self.text_sections),
+            "cases": len(self.cases),
+            "sources": sorted({case.source for case in self.cases}),
+            "splits": sorted({case.split for case in self.cases}),
+            "indexes": {
+                modality: {
+                    "file": f"{modality}.faiss",
+                    "factory": index.factory,
+                    "search_params": index.search_params,
+                    "count": len(index),
+                    "removed": sorted(index.removed),
+                }
+                for modality, index in self.indexes.items()
+            },
+            "files": {
+                file: {
+                    "bytes": (directory / file).stat().st_size,
+                    "sha256": _sha256(directory / file),
+                }
+                for file in files
+            },
+            "versions": _versions(),
+        }
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One modality's vectors and the case-table rows they belong to."""
+
+    rows: np.ndarray  # (n,) int64
+    vectors: np.ndarray  # (n, d) float32, L2-normalised
+
+
+def embed_cases(
+    encoder: DualEncoder,
+    cases: Sequence[Case],
+    text_sections: Sequence[str] = TEXT_FIELDS,
+    batch_size: int = 32,
+) -> dict[str, Embeddings]:
+    """Embed every case's image, and one report per study: ``{"images": ..., "reports": ...}``
+    (a modality no case has is left out)."""
+    duplicates = len(cases) - len({case.case_id for case in cases})
+    if duplicates:
+        raise IndexFormatError(f"{duplicates} duplicate case ids among the cases to index.")
+    image_rows, report_rows = _rows_to_embed(cases, text_sections)
+    embeddings = {}
+    if image_rows:
+        vectors = encoder.encode_images([cases[r].image_path for r in image_rows], batch_size)
+        embeddings["images"] = Embeddings(np.array(image_rows, dtype=np.int64), vectors)
+    if report_rows:
+        texts = [cases[r].text(text_sections) for r in report_rows]
+        vectors = encoder.encode_texts(texts, batch_size * 2)
+        embeddings["reports"] = Embeddings(np.array(report_rows, dtype=np.int64), vectors)
+    if not embeddings:
+        raise IndexFormatError("none of the cases has an image or a report to index.")
+    return embeddings
+
+
+def _rows_to_embed(
+    cases: Sequence[Case],
+    sections: Sequence[str],
+    offset: int = 0,
+    known_studies: set[str] | None = None,
+) -> tuple[list[int], list[int]]:
+    """Rows with an image; and one row per study with report text (text shared by a study's
+    images is indexed once)."""
+    seen = set(known_studies or ())
+    image_rows, report_rows = [], []
+    for row, case in enumerate(cases, start=offset):
+        if case.has_image:
+            image_rows.append(row)
+        study = case.study_id or case.case_id
+        if case.text(sections) and study not in seen:
+            seen.add(study)
+            report_rows.append(row)
+    return image_rows, report_rows
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """A library's manifest; a clear error when there is no library or it is unreadable."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        hint = (
+            "build one with `medxpert index build` (or ./dev.sh index)"
+            if not directory.exists()
+            else f"{directory} has no {MANIFEST}"
+        )
+        raise IndexNotFoundError(f"no case library at {directory}: {hint}.")
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise IndexFormatError(f"{directory / MANIFEST} is not valid JSON ({error}).") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{directory} has index format {manifest.get('format_version')}; "
+            f"this MedXpert reads format {FORMAT_VERSION}. Rebuild it."
+        )
+    return manifest
+
+
+def _verify_files(directory: Path, manifest: dict) -> None:
+    for file, expected in manifest["files"].items():
+        path = directory / file
+        if not path.is_file():
+            raise IndexFormatError(f"{path} is missing; rebuild the index.")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise IndexFormatError(
+                f"{path} is {size} bytes, not the {expected['bytes']} written "
+                "(truncated or replaced); rebuild the index."
+            )
+        if _sha256(path) != expected["sha256"]:
+            raise IndexFormatError(
+                f"{path} does not match its checksum (corrupt or modified); rebuild the index."
+            )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import faiss
+    import open_clip
+    import pyarrow
+    import torch
+
+    return {
+        "medxpert": __version__,
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "pyarrow": pyarrow.__version__,
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+    }
+
+
+def _describe_counts(manifest: dict) -> str:
+    parts = [
+        f"{entry['count']} {modality} ({entry['factory']})"
+        for modality, entry in manifest["indexes"].items()
+    ]
+    return f"{manifest['cases']} cases; " + ", ".join(parts)

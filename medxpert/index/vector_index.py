@@ -1,0 +1,287 @@
+"""`VectorIndex`: a FAISS index over L2-normalised vectors (inner product = cosine), with ids.
+
+The index type is data: a FAISS factory string — ``"Flat"`` (exact, the default),
+``"HNSW32"``, ``"IVF{nlist},SQ8"``, ``"IVF{nlist},PQ{m}"``, ... — or ``"auto"``, which picks
+one for the corpus size (`default_factory`). ``{nlist}`` is filled in from the number of
+vectors at training time. Every index is wrapped in an ID map so results carry case ids;
+removal is native where FAISS supports it and by tombstones otherwise (HNSW). On a machine
+where FAISS sees a GPU, search runs there; results are the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from medxpert.atomic import atomic_path
+from medxpert.errors import ConfigError, IndexFormatError, QueryError
+
+logger = logging.getLogger(__name__)
+
+METRIC = "inner_product"
+# Corpus sizes at which "auto" moves to an approximate index (benchmarks/RESULTS.md).
+EXACT_UP_TO = 1_000_000
+
+
+def default_factory(count: int, dim: int) -> str:
+    """The index type `auto` picks: exact search while a brute-force scan stays fast enough,
+    HNSW beyond (see the search benchmark in benchmarks/RESULTS.md)."""
+    return "Flat" if count <= EXACT_UP_TO else "HNSW32"
+
+
+def default_search_params(factory: str) -> str:
+    """Search-time parameters (a FAISS ParameterSpace string) that keep recall@10 high: IVF
+    probes 16 lists (all of them when there are fewer), HNSW explores 64 candidates (see the
+    search benchmark). Exact indexes take none."""
+    params = []
+    ivf = re.search(r"IVF(\d+)", factory)
+    if ivf:
+        params.append(f"nprobe={min(16, int(ivf.group(1)))}")
+    if "HNSW" in factory:
+        params.append("efSearch=64")
+    return ",".join(params)
+
+
+def _resolve_factory(factory: str, count: int, dim: int) -> str:
+    if factory == "auto":
+        factory = default_factory(count, dim)
+    if "{nlist}" in factory:
+        factory = factory.replace(
+            "{nlist}", str(max(1, min(int(4 * math.sqrt(max(count, 1))), max(count // 39, 1))))
+        )
+    return factory
+
+
+class VectorIndex:
+    """FAISS index + ids. Build with `VectorIndex.build(vectors, ids, factory)`."""
+
+    def __init__(
+        self,
+        index,
+        factory: str,
+        removed: set[int] | None = None,
+        search_params: str | None = None,
+    ) -> None:
+        self._index = index
+        self.factory = factory
+        self.removed: set[int] = set(removed or ())
+        self.search_params = ""
+        self.set_search_params(
+            default_search_params(factory) if search_params is None else search_params
+        )
+
+    def set_search_params(self, params: str) -> None:
+        """Set search-time parameters as a FAISS ParameterSpace string, e.g. ``"nprobe=32"``
+        (IVF) or ``"efSearch=128"`` (HNSW); "" keeps the index's own."""
+        import faiss
+
+        if params:
+            try:
+                faiss.ParameterSpace().set_index_parameters(self._index, params)
+            except RuntimeError as error:
+                raise ConfigError(
+                    f"search parameters {params!r} do not apply to a "
+                    f"{self.factory} index: {str(error).splitlines()[0]}"
+                ) from None
+        self.search_params = params
+        self._search_index = _to_gpu(self._index)
+
+    # --- construction ----------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        factory: str = "Flat",
+        search_params: str | None = None,
+    ) -> VectorIndex:
+        """Train (when the type needs it) and fill an index; `search_params` default to
+        `default_search_params(factory)`."""
+        import faiss
+
+        vectors = _as_matrix(vectors)
+        resolved = _resolve_factory(factory, len(vectors), vectors.shape[1])
+        try:
+            index = faiss.index_factory(
+                vectors.shape[1], f"IDMap2,{resolved}", faiss.METRIC_INNER_PRODUCT
+            )
+        except RuntimeError as error:
+            raise ConfigError(
+                f"{factory!r} is not a FAISS index factory string: {str(error).splitlines()[0]}"
+            ) from None
+        if not index.is_trained:
+            if len(vectors) == 0:
+                raise IndexFormatError(
+                    f"index type {resolved} must be trained, and no vectors were given."
+                )
+            index.train(vectors)
+        built = cls(index, resolved, search_params=search_params)
+        built.add(vectors, ids)
+        logger.info(
+            "built a %s index of %d vectors (d=%d) on %s",
+            resolved,
+            len(vectors),
+            vectors.shape[1],
+            built.device,
+        )
+        return built
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self._search_index is not self._index else "cpu"
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal) - len(self.removed)
+
+    # --- changes -----------------------------------------------------------------------------
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        vectors = _as_matrix(vectors)
+        ids = np.asarray(ids, dtype=np.int64)
+        if vectors.shape[1] != self.dim:
+            raise IndexFormatError(
+                f"vectors have {vectors.shape[1]} dimensions; the index has {self.dim}."
+            )
+        if len(ids) != len(vectors):
+            raise IndexFormatError(f"{len(vectors)} vectors but {len(ids)} ids.")
+        if len(vectors):
+            self._index.add_with_ids(vectors, ids)
+            self.removed.difference_update(ids.tolist())
+            self._search_index = _to_gpu(self._index)
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove `ids`; returns how many were present."""
+        import faiss
+
+        ids = np.asarray(ids, dtype=np.int64)
+        try:
+            removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+        except RuntimeError:  # this index type cannot remove: remember tombstones
+            present = set(self._present(ids))
+            self.removed.update(present)
+            removed = len(present)
+        self._search_index = _to_gpu(self._index)
+        return removed
+
+    def _present(self, ids: np.ndarray) -> list[int]:
+        id_map = self._index.id_map
+        stored = set(faiss_vector_to_array(id_map).tolist())
+        return [int(i) for i in ids if int(i) in stored and int(i) not in self.removed]
+
+    # --- search ------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n_queries, k), best first; missing results have id -1."""
+        queries = _as_matrix(queries)
+        if queries.shape[1] != self.dim:
+            raise IndexFormatError(
+                f"queries have {queries.shape[1]} dimensions; the index has "
+                f"{self.dim}. Was it built with another encoder?"
+            )
+        if k <= 0:
+            raise QueryError(f"k must be positive, got {k}.")
+        fetch = min(k + len(self.removed), int(self._index.ntotal)) or 1
+        scores, ids = self._search_index.search(queries, fetch)
+        if self.removed:
+            scores, ids = _drop_removed(scores, ids, self.removed, k)
+        return scores[:, :k], ids[:, :k]
+
+    @property
+    def stores_exact_vectors(self) -> bool:
+        """Whether `reconstruct` gives back the vectors as added (no SQ / PQ compression)."""
+        return not re.search(r"SQ|PQ|LSH|RaBitQ", self.factory)
+
+    def ids(self) -> np.ndarray:
+        """The ids in the index (removed ones left out)."""
+        stored = faiss_vector_to_array(self._index.id_map).astype(np.int64)
+        return stored[~np.isin(stored, np.fromiter(self.removed, dtype=np.int64))]
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of `ids` (exact for Flat and HNSW, approximate for SQ/PQ)."""
+        return (
+            np.stack([self._index.reconstruct(int(i)) for i in ids])
+            if len(ids)
+            else (np.empty((0, self.dim), dtype=np.float32))
+        )
+
+    # --- files -------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the FAISS file atomically (tombstones are kept by the caller's manifest)."""
+        import faiss
+
+        with atomic_path(path) as tmp:
+            faiss.write_index(self._index, str(tmp))
+        return Path(path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        factory: str,
+        removed: set[int] | None = None,
+        mmap: bool = False,
+        search_params: str | None = None,
+    ) -> VectorIndex:
+        import faiss
+
+        flags = faiss.IO_FLAG_MMAP if mmap else 0
+        try:
+            index = faiss.read_index(str(path), flags)
+        except RuntimeError as error:
+            raise IndexFormatError(
+                f"{path} is not a readable FAISS index ({str(error).splitlines()[0]})."
+            ) from None
+        return cls(index, factory, removed, search_params)
+
+
+def faiss_vector_to_array(vector) -> np.ndarray:
+    import faiss
+
+    return faiss.vector_to_array(vector)
+
+
+def _as_matrix(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    if vectors.ndim != 2:
+        raise IndexFormatError(f"expected a (n, d) matrix of vectors, got shape {vectors.shape}.")
+    return vectors
+
+
+def _drop_removed(scores, ids, removed: set[int], k: int):
+    keep = ~np.isin(ids, np.fromiter(removed, dtype=np.int64))
+    out_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
+    out_ids = np.full((len(ids), k), -1, dtype=np.int64)
+    for row in range(len(ids)):
+        kept_ids, kept_scores = ids[row][keep[row]][:k], scores[row][keep[row]][:k]
+        out_ids[row, : len(kept_ids)] = kept_ids
+        out_scores[row, : len(kept_scores)] = kept_scores
+    return out_scores, out_ids
+
+
+@functools.cache
+def _gpu_resources():
+    import faiss
+
+    return faiss.StandardGpuResources()
+
+
+def _to_gpu(index):
+    """A GPU copy of `index` for searching when FAISS sees a GPU, else the index itself."""
+    import faiss
+
+    if not hasattr(faiss, "index_cpu_to_gpu") or faiss.get_num_gpus() == 0:
+        return index
+    try:
+        return faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
+    except RuntimeError as error:  # an index type without a GPU implementation (HNSW)
+        logger.info("searching on the CPU: %s", str(error).splitlines()[0])
+        return index

@@ -1,0 +1,167 @@
+"""`medxpert index build / info`, `medxpert search`, `eval retrieval --index`, and the
+original MedXpert scripts, on miniature copies of the shared packs with a tiny saved model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medxpert.cli import main
+from medxpert.index import CaseLibrary
+from medxpert.index.export import read_embeddings
+from tests.builders import mini_packs, tiny_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, shared_pack):
+    """Data, a tiny model at models/medxpert-default and its library at indexes/."""
+    root = tmp_path_factory.mktemp("workspace")
+    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
+    data = mini_packs(root / "data", shared, {"train": 24, "val": 8, "test": 60})
+    tiny_encoder(root).save(root / "models" / "medxpert-default")
+    return root, data
+
+
+@pytest.fixture
+def env(workspace, monkeypatch):
+    root, data = workspace
+    variables = {
+        "MEDXPERT_DATA_DIR": str(data),
+        "MEDXPERT_MODELS_DIR": str(root / "models"),
+        "MEDXPERT_INDEXES_DIR": str(root / "indexes"),
+        "MEDXPERT_RESULTS_DIR": str(root / "results"),
+    }
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    return root, variables
+
+
+@pytest.fixture
+def built(env, capsys):
+    root, _ = env
+    if not (root / "indexes" / "medxpert-default" / "manifest.json").is_file():
+        code = main(
+            [
+                "index",
+                "build",
+                "--name",
+                "medxpert-default",
+                "--embeddings",
+                str(root / "embeddings"),
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+        capsys.readouterr()
+    return root
+
+
+def test_index_build_writes_the_library_and_raw_embeddings(built, capsys):
+    library = CaseLibrary.load(built / "indexes" / "medxpert-default")
+    assert {case.split for case in library.cases} == {"train", "val"}
+    assert {case.source for case in library.cases} == {"nih_cxr14", "iu_xray", "covid_cxr"}
+    images = sum(case.has_image for case in library.cases)
+    assert library.count("images") == images > 0 and library.count("reports") > 0
+    vectors, ids = read_embeddings(built / "embeddings", "images")
+    assert vectors.shape == (images, 16) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, rtol=1e-5)
+    stored = library.stored_vectors("images")
+    np.testing.assert_array_equal(ids["row"].to_numpy(), stored.rows)
+    np.testing.assert_allclose(vectors, stored.vectors, rtol=1e-6)
+    assert main(["index", "info"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{images} images (Flat)" in printed and "medxpert-default" in printed
+
+
+def test_search_by_text_and_image_writes_table_json_and_plots(built, capsys):
+    image = next((built / "data" / "nih_cxr14" / "images").iterdir())
+    code = main(
+        [
+            "search",
+            "--text",
+            "pleural effusion",
+            "--image",
+            str(image),
+            "--note",
+            "cough",
+            "-k",
+            "4",
+            "--target",
+            "both",
+            "--csv",
+            str(built / "out.csv"),
+            "--json",
+            str(built / "out.json"),
+            "--plot",
+            str(built / "plots"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "text query: pleural effusion" in printed and "(+ note: cough)" in printed
+    table = pd.read_csv(built / "out.csv")
+    assert len(table) == 8 and list(table["rank"]) == [1, 2, 3, 4] * 2
+    assert set(table["query"]) == {"pleural effusion", image.name}
+    assert json.loads((built / "out.json").read_text())[0]["rank"] == 1
+    plots = sorted((built / "plots").glob("*.png"))
+    assert len(plots) == 2 and all(p.stat().st_size > 10_000 for p in plots)
+
+
+def test_search_errors_are_clear(built, capsys):
+    assert main(["search"]) == 2
+    assert "nothing to search for" in capsys.readouterr().err
+    assert main(["search", "--text", "effusion", "-k", "100000"]) == 2
+    assert "larger than the index" in capsys.readouterr().err
+    assert main(["search", "--text", "effusion", "--index", "missing"]) == 2
+    assert "medxpert index build" in capsys.readouterr().err
+
+
+def test_eval_with_the_saved_index_gives_the_same_figures(built, capsys):
+    def figures(*extra: str) -> dict:
+        out = built / "eval"
+        assert main(["eval", "retrieval", "--bootstrap", "20", "--out", str(out), *extra]) == 0
+        rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+        return {(r["task"], r["metric"]): r["fine-tuned"]["value"] for r in rows}
+
+    fresh = figures()
+    from_index = figures("--index", "medxpert-default")
+    assert "taking" in capsys.readouterr().out
+    assert from_index.keys() == fresh.keys()
+    assert any(task == "kNN AUC" for task, _ in fresh), "the kNN gallery comes from the index"
+    for key, value in fresh.items():
+        assert from_index[key] == pytest.approx(value, abs=1e-6), key
+
+
+def run_script(name: str, variables: dict, *arguments: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **variables, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+
+
+def test_the_original_scripts(built, env):
+    _, variables = env
+    done = run_script("run_search_engine.py", variables, "--text", "cardiomegaly", "-k", "3")
+    assert done.returncode == 0, done.stderr
+    assert "text query: cardiomegaly" in done.stdout
+    done = run_script("inference_to_csv.py", variables, "--sample", "2", "-k", "3")
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(built / "results" / "inference_plots" / "inference_topk.csv")
+    assert len(table) == 6 and {"query", "rank", "case_id", "score", "labels", "snippet"} <= set(
+        table.columns
+    )
+    done = run_script("inference_plot.py", variables, "--text", "edema", "-k", "3")
+    assert done.returncode == 0, done.stderr
+    assert list((built / "results" / "inference_plots").glob("01_edema.png"))

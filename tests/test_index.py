@@ -1,0 +1,176 @@
+"""VectorIndex against a NumPy reference; the saved case library and everything that can go
+wrong with it (kill during save, truncation, corruption, another encoder)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from medxpert.errors import ConfigError, IndexFormatError, IndexNotFoundError, QueryError
+from medxpert.index import CaseLibrary, VectorIndex, default_factory
+from tests.builders import library_cases, tiny_encoder
+
+
+def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_exact_search_matches_numpy():
+    gallery, queries = unit_vectors(2000, 64), unit_vectors(25, 64, seed=1)
+    ids = np.arange(5000, 7000)
+    index = VectorIndex.build(gallery, ids, "Flat")
+    scores, found = index.search(queries, 10)
+    expected = np.argsort(-(queries @ gallery.T), axis=1)[:, :10]
+    np.testing.assert_array_equal(found, ids[expected])
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(queries @ gallery.T, expected, 1), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF{nlist},SQ8", "IVF{nlist},Flat"])
+def test_approximate_indexes_find_most_true_neighbours(factory):
+    gallery, queries = unit_vectors(3000, 32), unit_vectors(50, 32, seed=1)
+    index = VectorIndex.build(gallery, np.arange(3000), factory)
+    assert "{nlist}" not in index.factory
+    found = index.search(queries, 10)[1]
+    exact = np.argsort(-(queries @ gallery.T), axis=1)[:, :10]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)])
+    assert recall > 0.6, recall
+
+
+def test_bad_factory_dimension_and_k():
+    with pytest.raises(ConfigError, match="factory string"):
+        VectorIndex.build(unit_vectors(10, 8), np.arange(10), "NotAnIndex")
+    index = VectorIndex.build(unit_vectors(10, 8), np.arange(10))
+    with pytest.raises(IndexFormatError, match="another encoder"):
+        index.search(unit_vectors(1, 16), 3)
+    with pytest.raises(QueryError, match="positive"):
+        index.search(unit_vectors(1, 8), 0)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
+def test_add_and_remove(factory):
+    vectors = unit_vectors(100, 16)
+    index = VectorIndex.build(vectors[:60], np.arange(60), factory)
+    index.add(vectors[60:], np.arange(60, 100))
+    assert len(index) == 100
+    assert index.search(vectors[70], 1)[1][0, 0] == 70
+    assert index.remove(np.array([70, 71, 999])) == 2
+    assert len(index) == 98
+    found = index.search(vectors[70:72], 5)[1]
+    assert 70 not in found and 71 not in found and (found >= 0).all()
+
+
+def test_auto_factory_rule():
+    assert default_factory(10_000, 256) == "Flat"
+    assert default_factory(5_000_000, 256) == "HNSW32"
+
+
+# --- the saved library ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return tiny_encoder(tmp_path_factory.mktemp("enc"))
+
+
+def test_library_build_save_load(encoder, tmp_path):
+    cases = library_cases(tmp_path)
+    library = CaseLibrary.build(encoder, cases)
+    assert library.count("images") == 12 and library.count("reports") == 3
+    directory = library.save(tmp_path / "indexes" / "lib")
+    assert {p.name for p in directory.iterdir()} == {
+        "manifest.json",
+        "cases.parquet",
+        "images.faiss",
+        "reports.faiss",
+    }
+    manifest = library.manifest
+    assert manifest["encoder"]["fingerprint"] == encoder.fingerprint()
+    assert manifest["indexes"]["images"] == {
+        "file": "images.faiss",
+        "factory": "Flat",
+        "search_params": "",
+        "count": 12,
+        "removed": [],
+    }
+    assert set(manifest["files"]["cases.parquet"]) == {"bytes", "sha256"}
+    assert {"faiss", "numpy", "torch", "open_clip", "medxpert"} <= set(manifest["versions"])
+    loaded = CaseLibrary.load(directory, encoder=encoder)
+    query = encoder.encode_texts(["level 1 pleural effusion."])
+    np.testing.assert_array_equal(
+        loaded.indexes["reports"].search(query, 3)[1],
+        library.indexes["reports"].search(query, 3)[1],
+    )
+    assert [c.case_id for c in loaded.cases] == [c.case_id for c in cases]
+    mapped = CaseLibrary.load(directory, encoder=encoder, mmap=True)
+    np.testing.assert_array_equal(
+        mapped.indexes["reports"].search(query, 3)[1],
+        library.indexes["reports"].search(query, 3)[1],
+    )
+
+
+def test_add_and_remove_cases_then_save(encoder, tmp_path):
+    cases = library_cases(tmp_path)
+    library = CaseLibrary.build(encoder, cases[:8])
+    assert library.add_cases(encoder, cases) == len(cases) - 8
+    assert library.count("images") == 12 and library.count("reports") == 3
+    assert library.remove_cases(["nih:0", "nih:1"]) == 2
+    assert library.count("images") == 10
+    loaded = CaseLibrary.load(library.save(tmp_path / "lib"), encoder=encoder)
+    assert loaded.count("images") == 10
+
+
+def test_another_encoder_is_refused(encoder, tmp_path):
+    directory = CaseLibrary.build(encoder, library_cases(tmp_path)).save(tmp_path / "lib")
+    other = tiny_encoder(tmp_path / "other", seed=7)
+    with pytest.raises(IndexFormatError, match=r"built with encoder .* not comparable"):
+        CaseLibrary.load(directory, encoder=other)
+
+
+def test_missing_truncated_and_corrupt_files(encoder, tmp_path):
+    with pytest.raises(IndexNotFoundError, match="medxpert index build"):
+        CaseLibrary.load(tmp_path / "indexes" / "absent")
+    directory = CaseLibrary.build(encoder, library_cases(tmp_path)).save(tmp_path / "lib")
+    faiss_file = directory / "images.faiss"
+    original = faiss_file.read_bytes()
+    faiss_file.write_bytes(original[:-100])
+    with pytest.raises(IndexFormatError, match="truncated"):
+        CaseLibrary.load(directory)
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF
+    faiss_file.write_bytes(bytes(flipped))
+    with pytest.raises(IndexFormatError, match="checksum"):
+        CaseLibrary.load(directory)
+    faiss_file.unlink()
+    with pytest.raises(IndexFormatError, match="missing"):
+        CaseLibrary.load(directory)
+
+
+def test_kill_during_save_leaves_the_previous_library_usable(encoder, tmp_path):
+    """A real process is killed (SIGKILL) in the middle of saving over an existing library."""
+    cases = library_cases(tmp_path)
+    directory = CaseLibrary.build(encoder, cases).save(tmp_path / "lib")
+    query = encoder.encode_texts(["level 2 pleural effusion."])
+    before = CaseLibrary.load(directory, encoder=encoder).indexes["reports"].search(query, 3)
+    encoder.save(tmp_path / "model")
+    child = textwrap.dedent(f"""
+        import os, signal
+        from medxpert.encoders import DualEncoder
+        from medxpert.index import CaseLibrary, VectorIndex
+        encoder = DualEncoder.load({str(tmp_path / "model")!r}, device="cpu")
+        library = CaseLibrary.load({str(directory)!r}, encoder=encoder)
+        library.cases = library.cases[:12]            # a different library is being saved
+        def die(self, path):
+            os.kill(os.getpid(), signal.SIGKILL)      # killed after cases.parquet, mid-save
+        VectorIndex.save = die
+        library.save({str(directory)!r})
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr
+    after = CaseLibrary.load(directory, encoder=encoder)
+    assert len(after.cases) == len(cases)
+    np.testing.assert_array_equal(after.indexes["reports"].search(query, 3)[1], before[1])
