@@ -20,8 +20,9 @@ def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def test_exact_search_matches_numpy():
-    gallery, queries = unit_vectors(2000, 64), unit_vectors(25, 64, seed=1)
+@pytest.mark.parametrize("n_queries", [1, 3, 25])  # the scan path (≤ 4 queries) and FAISS's
+def test_exact_search_matches_numpy(n_queries):
+    gallery, queries = unit_vectors(2000, 64), unit_vectors(n_queries, 64, seed=1)
     ids = np.arange(5000, 7000)
     index = VectorIndex.build(gallery, ids, "Flat")
     scores, found = index.search(queries, 10)
@@ -174,3 +175,17 @@ def test_kill_during_save_leaves_the_previous_library_usable(encoder, tmp_path):
     after = CaseLibrary.load(directory, encoder=encoder)
     assert len(after.cases) == len(cases)
     np.testing.assert_array_equal(after.indexes["reports"].search(query, 3)[1], before[1])
+
+
+def test_scan_path_follows_changes_and_memory_mapping(tmp_path):
+    vectors = unit_vectors(500, 32)
+    index = VectorIndex.build(vectors[:300], np.arange(300) + 1000, "Flat")
+    query = vectors[400:401]
+    index.add(vectors[300:], np.arange(300, 500) + 1000)
+    assert index.remove(np.array([1000 + int(np.argmax(vectors @ query[0]))])) == 1
+    order = np.argsort(-(vectors @ query[0]))[1:6] + 1000
+    np.testing.assert_array_equal(index.search(query, 5)[1][0], order)
+    mapped = VectorIndex.load(index.save(tmp_path / "i.faiss"), "Flat", mmap=True)
+    np.testing.assert_array_equal(mapped.search(query, 5)[1][0], order)
+    empty = VectorIndex.build(np.empty((0, 32), np.float32), np.empty(0, np.int64))
+    assert empty.search(query, 1)[1].tolist() == [[-1]]

@@ -34,6 +34,24 @@ def default_factory(count: int, dim: int) -> str:
     return "Flat" if count <= EXACT_UP_TO else "HNSW32"
 
 
+# Exact (Flat) searches of at most this many queries go through `VectorIndex._scan`; larger
+# batches through FAISS's BLAS path, which is faster for them (benchmarks/RESULTS.md).
+SCAN_MAX_QUERIES = 4
+# FAISS computes inner products for fewer queries than this with its own one-query kernel,
+# for more with BLAS. Through BLAS, a batch of 256 at N=100k, d=256 runs 10x faster on the
+# 2-core benchmark machine, and a single query no slower (benchmarks/RESULTS.md).
+BLAS_THRESHOLD = 1
+
+
+@functools.cache
+def load_faiss():
+    """The faiss module, configured for this project (see `BLAS_THRESHOLD`)."""
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
+    return faiss
+
+
 def default_search_params(factory: str) -> str:
     """Search-time parameters (a FAISS ParameterSpace string) that keep recall@10 high: IVF
     probes 16 lists (all of them when there are fewer), HNSW explores 64 candidates (see the
@@ -71,6 +89,7 @@ class VectorIndex:
         self.factory = factory
         self.removed: set[int] = set(removed or ())
         self.search_params = ""
+        self._scan_ids: np.ndarray | None = None  # ids in storage order, for `_scan`
         self.set_search_params(
             default_search_params(factory) if search_params is None else search_params
         )
@@ -78,7 +97,7 @@ class VectorIndex:
     def set_search_params(self, params: str) -> None:
         """Set search-time parameters as a FAISS ParameterSpace string, e.g. ``"nprobe=32"``
         (IVF) or ``"efSearch=128"`` (HNSW); "" keeps the index's own."""
-        import faiss
+        faiss = load_faiss()
 
         if params:
             try:
@@ -102,7 +121,7 @@ class VectorIndex:
     ) -> VectorIndex:
         """Train (when the type needs it) and fill an index; `search_params` default to
         `default_search_params(factory)`."""
-        import faiss
+        faiss = load_faiss()
 
         vectors = _as_matrix(vectors)
         resolved = _resolve_factory(factory, len(vectors), vectors.shape[1])
@@ -156,10 +175,11 @@ class VectorIndex:
             self._index.add_with_ids(vectors, ids)
             self.removed.difference_update(ids.tolist())
             self._search_index = _to_gpu(self._index)
+            self._scan_ids = None
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove `ids`; returns how many were present."""
-        import faiss
+        faiss = load_faiss()
 
         ids = np.asarray(ids, dtype=np.int64)
         try:
@@ -169,6 +189,7 @@ class VectorIndex:
             self.removed.update(present)
             removed = len(present)
         self._search_index = _to_gpu(self._index)
+        self._scan_ids = None
         return removed
 
     def _present(self, ids: np.ndarray) -> list[int]:
@@ -188,7 +209,10 @@ class VectorIndex:
         if k <= 0:
             raise QueryError(f"k must be positive, got {k}.")
         fetch = min(k + len(self.removed), int(self._index.ntotal)) or 1
-        scores, ids = self._search_index.search(queries, fetch)
+        if self._scannable and len(queries) <= SCAN_MAX_QUERIES:
+            scores, ids = self._scan(queries, fetch)
+        else:
+            scores, ids = self._search_index.search(queries, fetch)
         if self.removed:
             scores, ids = _drop_removed(scores, ids, self.removed, k)
         return scores[:, :k], ids[:, :k]
@@ -203,6 +227,44 @@ class VectorIndex:
         stored = faiss_vector_to_array(self._index.id_map).astype(np.int64)
         return stored[~np.isin(stored, np.fromiter(self.removed, dtype=np.int64))]
 
+    @property
+    def _scannable(self) -> bool:
+        """An exact index searched on the CPU: a few queries go through `_scan`."""
+        return (
+            self.factory == "Flat" and self._search_index is self._index and self._index.ntotal > 0
+        )
+
+    def _scan(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search for a few queries: FAISS's SIMD inner-product kernel over the stored
+        vectors (read in place, memory-mapped or not), then a partial sort. For one query
+        this is twice as fast as `IndexFlat.search`, whose top-k bookkeeping, not the scan,
+        dominates (benchmarks/RESULTS.md)."""
+        faiss = load_faiss()
+        flat = faiss.downcast_index(self._index.index)
+        count, dim = int(flat.ntotal), self.dim
+        stored = faiss.rev_swig_ptr(flat.get_xb(), count * dim)
+        if self._scan_ids is None:
+            self._scan_ids = faiss_vector_to_array(self._index.id_map).astype(np.int64)
+        out_scores = np.empty((len(queries), fetch), dtype=np.float32)
+        out_ids = np.empty((len(queries), fetch), dtype=np.int64)
+        products = np.empty(count, dtype=np.float32)
+        for row, query in enumerate(queries):
+            faiss.fvec_inner_products_ny(
+                faiss.swig_ptr(products),
+                faiss.swig_ptr(query),
+                faiss.swig_ptr(stored),
+                dim,
+                count,
+            )
+            best = (
+                np.argpartition(-products, fetch - 1)[:fetch]
+                if fetch < count
+                else (np.arange(count))
+            )
+            best = best[np.argsort(-products[best], kind="stable")]
+            out_scores[row], out_ids[row] = products[best], self._scan_ids[best]
+        return out_scores, out_ids
+
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of `ids` (exact for Flat and HNSW, approximate for SQ/PQ)."""
         return (
@@ -214,7 +276,7 @@ class VectorIndex:
     # --- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the FAISS file atomically (tombstones are kept by the caller's manifest)."""
-        import faiss
+        faiss = load_faiss()
 
         with atomic_path(path) as tmp:
             faiss.write_index(self._index, str(tmp))
@@ -229,7 +291,7 @@ class VectorIndex:
         mmap: bool = False,
         search_params: str | None = None,
     ) -> VectorIndex:
-        import faiss
+        faiss = load_faiss()
 
         flags = faiss.IO_FLAG_MMAP if mmap else 0
         try:
@@ -242,7 +304,7 @@ class VectorIndex:
 
 
 def faiss_vector_to_array(vector) -> np.ndarray:
-    import faiss
+    faiss = load_faiss()
 
     return faiss.vector_to_array(vector)
 
@@ -269,14 +331,14 @@ def _drop_removed(scores, ids, removed: set[int], k: int):
 
 @functools.cache
 def _gpu_resources():
-    import faiss
+    faiss = load_faiss()
 
     return faiss.StandardGpuResources()
 
 
 def _to_gpu(index):
     """A GPU copy of `index` for searching when FAISS sees a GPU, else the index itself."""
-    import faiss
+    faiss = load_faiss()
 
     if not hasattr(faiss, "index_cpu_to_gpu") or faiss.get_num_gpus() == 0:
         return index
