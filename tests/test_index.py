@@ -69,6 +69,9 @@ def test_add_and_remove(factory):
 
 def test_auto_factory_rule():
     assert default_factory(10_000, 256) == "Flat"
+    assert default_factory(1_000_000, 256) == "Flat"
+    assert default_factory(377_000, 512) == "Flat"
+    assert default_factory(600_000, 512) == "HNSW32"
     assert default_factory(5_000_000, 256) == "HNSW32"
 
 

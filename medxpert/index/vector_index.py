@@ -24,14 +24,16 @@ from medxpert.errors import ConfigError, IndexFormatError, QueryError
 logger = logging.getLogger(__name__)
 
 METRIC = "inner_product"
-# Corpus sizes at which "auto" moves to an approximate index (benchmarks/RESULTS.md).
-EXACT_UP_TO = 1_000_000
+# "auto" keeps exact search while one query scans at most this many floats: about 50 ms on
+# the 2-core benchmark machine (42.6 ms at 1M x 256, 33.4 ms at 377k x 512; benchmarks/
+# RESULTS.md). That is 1M vectors at d=256, 500k at d=512.
+EXACT_SCAN_FLOATS = 256_000_000
 
 
 def default_factory(count: int, dim: int) -> str:
-    """The index type `auto` picks: exact search while a brute-force scan stays fast enough,
-    HNSW beyond (see the search benchmark in benchmarks/RESULTS.md)."""
-    return "Flat" if count <= EXACT_UP_TO else "HNSW32"
+    """The index type `auto` picks: exact search while a single-query scan stays near 50 ms
+    (`EXACT_SCAN_FLOATS`), HNSW32 beyond it."""
+    return "Flat" if count * dim <= EXACT_SCAN_FLOATS else "HNSW32"
 
 
 # Exact (Flat) searches of at most this many queries go through `VectorIndex._scan`; larger
