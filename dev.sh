@@ -9,6 +9,7 @@
 #   ./dev.sh index        embed train+val cases into the case library (indexes/medxpert-default)
 #   ./dev.sh eval         retrieval metrics, fine-tuned vs untuned vs chance (results/)
 #   ./dev.sh search       sample searches: top-K tables, CSV and PNG grids (results/inference_plots)
+#   ./dev.sh diagnose     structured reports for sample test X-rays and a text (results/reports)
 #   ./dev.sh labels       report-labeler agreement with IU MeSH tags (benchmarks/)
 #   ./dev.sh help         this text
 #
@@ -110,8 +111,8 @@ ensure_index() {
 run_index() {
   offline_env
   ensure_model
-  step "Embedding the train+val cases into the case library -> indexes/medxpert-default"
-  "$VENV/bin/medxpert" index build --model models/medxpert-default --name medxpert-default
+  step "Embedding the train+val cases into the case library -> indexes/medxpert-default (+ results/embeddings)"
+  "$PY" scripts/save_embeddings.py --model models/medxpert-default --name medxpert-default
 }
 
 run_eval() {
@@ -124,16 +125,35 @@ run_eval() {
 run_search() {
   offline_env
   ensure_index
-  step "Sample searches: 3 test X-rays and 2 text queries -> results/inference_plots/"
-  "$VENV/bin/medxpert" search --sample 3 --text "cardiomegaly with pleural effusion" \
-    --text "left lower lobe consolidation" -k 5 --target both \
-    --csv results/inference_plots/inference_topk.csv --plot results/inference_plots
+  local queries=(--sample 3 --text "cardiomegaly with pleural effusion"
+                 --text "left lower lobe consolidation" -k 5 --target both)
+  step "Search by text (scripts/run_search_engine.py)"
+  "$PY" scripts/run_search_engine.py --text "small right pneumothorax" -k 5
+  step "Sample searches, 3 test X-rays + 2 texts -> results/inference_plots/inference_topk.csv"
+  "$PY" scripts/inference_to_csv.py "${queries[@]}"
+  step "The same searches as PNG grids -> results/inference_plots/*.png"
+  "$PY" scripts/inference_plot.py "${queries[@]}"
 }
 
 run_labels() {
   offline_env
   step "Report-labeler agreement with IU X-ray MeSH tags -> results/labeler_agreement.*"
   "$PY" benchmarks/labeler_agreement.py
+}
+
+run_diagnose() {
+  offline_env
+  ensure_index
+  step "Diagnosing 3 test X-rays (one with a clinical note) and a text query -> results/reports/"
+  "$PY" scripts/run_inference_pipeline.py --sample 2 --json results/reports --markdown
+  local covid
+  covid=$("$PY" -c 'from medxpert.data import load_cases
+print(next(c.image_path for c in load_cases("covid_cxr", "test") if c.has_image))')
+  "$PY" scripts/run_inference_pipeline.py --image "$covid" \
+    --note "Fever, dry cough and shortness of breath for five days." \
+    --json results/reports/covid_test_with_note.json --markdown
+  "$PY" scripts/run_inference_pipeline.py --text "Enlarged heart with bilateral pleural effusions" \
+    --json results/reports/text_query.json --markdown
 }
 
 main_job() {
@@ -143,13 +163,14 @@ main_job() {
   else
     run_train
   fi
-  run_index
+  ensure_index
   run_eval
   run_search
+  run_diagnose
   step "Main job finished; results are under results/"
 }
 
-usage() { sed -n "2,15p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,16p" "$0" | sed 's/^# \{0,1\}//'; }
 
 command="${1:-all}"
 [ $# -gt 0 ] && shift
@@ -162,6 +183,7 @@ case "$command" in
   index)  setup; run_index ;;
   eval)   setup; run_eval ;;
   search) setup; run_search ;;
+  diagnose) setup; run_diagnose ;;
   labels) setup; run_labels ;;
   help|-h|--help) usage ;;
   *) usage; fail "unknown command '$command'" ;;

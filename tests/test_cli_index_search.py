@@ -165,3 +165,41 @@ def test_the_original_scripts(built, env):
     done = run_script("inference_plot.py", variables, "--text", "edema", "-k", "3")
     assert done.returncode == 0, done.stderr
     assert list((built / "results" / "inference_plots").glob("01_edema.png"))
+
+
+def test_diagnose_writes_json_and_markdown_reports(built, env, capsys):
+    image = next((built / "data" / "covid_cxr" / "images").iterdir())
+    out = built / "reports" / "one.json"
+    code = main(
+        [
+            "diagnose",
+            "--image",
+            str(image),
+            "--note",
+            "Fever and cough.",
+            "-k",
+            "5",
+            "--json",
+            str(out),
+            "--markdown",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "**Triage:" in printed and "### Findings" in printed and "Decision support" in printed
+    saved = json.loads(out.read_text())
+    assert saved["query"] == image.name and len(saved["hits"]) == 5
+    assert set(saved["report"]["timings_ms"]) >= {"encode", "search", "caption", "write"}
+    assert out.with_suffix(".md").read_text().startswith(f"# MedXpert report: {image.name}")
+    _, variables = env
+    done = run_script(
+        "run_inference_pipeline.py",
+        variables,
+        "--sample",
+        "2",
+        "--json",
+        str(built / "reports" / "many"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(list((built / "reports" / "many").glob("*.json"))) == 2
+    assert main(["diagnose"]) == 2 and "nothing to diagnose" in capsys.readouterr().err

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import random
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from medxpert.data import Case, load_cases
 
@@ -22,3 +25,38 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 def load_sources(sources: Sequence[str] | None, split: str) -> list[Case]:
     """The cases of every source for `split` (the shared packs when none are named)."""
     return [case for source in (sources or SHARED_SOURCES) for case in load_cases(source, split)]
+
+
+def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model and --index (default: the MEDXPERT_ENCODER ones under models/ and indexes/)."""
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model directory (default: models/<MEDXPERT_ENCODER>)",
+    )
+    parser.add_argument(
+        "--index", default=None, help="library name or folder (default: indexes/<MEDXPERT_ENCODER>)"
+    )
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"{what} N random test-split images of the shared sources",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="for --sample")
+
+
+def sample_test_images(n: int, seed: int) -> list[Case]:
+    """`n` random test-split cases with an image, from the shared sources."""
+    test = [case for case in load_sources(None, "test") if case.has_image]
+    return random.Random(seed).sample(test, min(n, len(test))) if n else []
+
+
+def slug(text: str, length: int = 50) -> str:
+    """A file-name-safe form of `text`."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text)[:length].strip("_") or "query"

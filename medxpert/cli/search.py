@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import random
-import re
 from pathlib import Path
 
-from medxpert.cli.common import load_sources
+from medxpert.cli.common import (
+    add_artifact_arguments,
+    add_sample_arguments,
+    sample_test_images,
+    slug,
+)
 from medxpert.cli.index import library_dir
 from medxpert.config import Settings
 
@@ -42,25 +45,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="weight of the note in an image + note query (0..1)",
     )
-    parser.add_argument(
-        "--sample",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also query with N random test-split images of the shared sources",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="for --sample")
+    add_sample_arguments(parser, "also query with")
     parser.add_argument("-k", "--k", type=int, default=None, help="results per query")
+    add_artifact_arguments(parser)
     parser.add_argument("--target", choices=("reports", "images", "both"), default="reports")
-    parser.add_argument(
-        "--index", default=None, help="library name or folder (default: indexes/<MEDXPERT_ENCODER>)"
-    )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="model directory (default: models/<MEDXPERT_ENCODER>)",
-    )
     parser.add_argument("--filter-split", action="append", help="only these splits")
     parser.add_argument("--filter-view", action="append", help="only these views")
     parser.add_argument("--filter-source", action="append", help="only these sources")
@@ -85,10 +73,8 @@ def _run(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     queries = [Query(path.name, image=path, note=args.note) for path in args.image]
     queries += [Query(text, text=text) for text in args.text]
-    if args.sample:
-        test = [case for case in load_sources(None, "test") if case.has_image]
-        for case in random.Random(args.seed).sample(test, min(args.sample, len(test))):
-            queries.append(Query(case.case_id, image=case.image_path, note=args.note))
+    for case in sample_test_images(args.sample, args.seed):
+        queries.append(Query(case.case_id, image=case.image_path, note=args.note))
     if not queries:
         raise QueryError("nothing to search for: give --image PATH, --text TEXT or --sample N.")
     engine = SearchEngine.from_artifacts(
@@ -123,7 +109,7 @@ def _run(args: argparse.Namespace) -> None:
         print(f"wrote {atomic_write_json(args.json, frame.to_dict(orient='records'))}")
     if args.plot:
         for number, (query, hits) in enumerate(results, start=1):
-            name = f"{number:02d}_{_slug(query.name)}.png"
+            name = f"{number:02d}_{slug(query.name)}.png"
             print(f"wrote {plot_hits(query, hits, args.plot / name)}")
 
 
@@ -142,7 +128,3 @@ def _print_hits(query, hits) -> None:
         print(f"{'':>58}{snippet(hit, 100)}")
     if not hits:
         print("  (no case passes the filters)")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text)[:50].strip("_") or "query"

@@ -24,6 +24,7 @@ from medxpert.data.images import ImageSource
 from medxpert.encoders import DualEncoder
 from medxpert.errors import QueryError
 from medxpert.index import CaseLibrary
+from medxpert.index.library import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class SearchEngine:
         mmap: bool = False,
         note_weight: float = DEFAULT_NOTE_WEIGHT,
     ) -> SearchEngine:
+        read_manifest(index_dir)  # no index built yet: say so before loading the model
         encoder = DualEncoder.load(model_dir, device=device)
         return cls(CaseLibrary.load(index_dir, encoder=encoder, mmap=mmap), encoder, note_weight)
 
@@ -119,14 +121,20 @@ class SearchEngine:
         if image is None:
             return self.encoder.encode_texts([_checked_text(text, "text query")], progress=False)
         vector = self.encoder.encode_images([image], progress=False)
-        note = note if note is not None else text
+        return self.with_note(vector, note if note is not None else text, note_weight)
+
+    def with_note(
+        self, image_vector: np.ndarray, note: str | None, note_weight: float | None = None
+    ) -> np.ndarray:
+        """An image query vector (1, d) combined with a clinical note: the normalised weighted
+        sum (1 − w)·image + w·note. No note (None or blank) leaves the image vector as it is."""
         if note is None or not note.strip():
-            return vector
+            return image_vector
         weight = self.note_weight if note_weight is None else note_weight
         note_vector = self.encoder.encode_texts(
             [_checked_text(note, "clinical note")], progress=False
         )
-        combined = (1 - weight) * vector + weight * note_vector
+        combined = (1 - weight) * image_vector + weight * note_vector
         return combined / np.linalg.norm(combined, axis=1, keepdims=True)
 
     def search(

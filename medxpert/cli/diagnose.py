@@ -1,0 +1,102 @@
+"""`medxpert diagnose`: a structured report for an X-ray (with an optional note) or a text."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medxpert.cli.common import (
+    add_artifact_arguments,
+    add_sample_arguments,
+    sample_test_images,
+    slug,
+)
+from medxpert.cli.index import library_dir
+from medxpert.config import Settings
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "diagnose",
+        help="write a structured report from the most similar prior cases",
+        description="Retrieve the most similar prior cases and write a structured report: "
+        "findings with citations, impression, differential, ICD-10 suggestions and triage. "
+        "Decision support, not a diagnosis.",
+    )
+    parser.add_argument("--image", type=Path, default=None, help="X-ray (PNG, JPEG or DICOM)")
+    parser.add_argument("--note", default=None, help="clinical note to go with the image")
+    parser.add_argument("--text", default=None, help="a text query instead of an image")
+    add_sample_arguments(parser, "diagnose")
+    parser.add_argument("-k", "--k", type=int, default=None, help="cases to retrieve")
+    parser.add_argument("--target", choices=("reports", "images", "both"), default="both")
+    add_artifact_arguments(parser)
+    parser.add_argument("--captioner", default=None, help="captioner (default: labels)")
+    parser.add_argument(
+        "--writer",
+        default=None,
+        help="report writer: offline (default) or gemini (needs GEMINI_API_KEY; sends "
+        "de-identified text only)",
+    )
+    parser.add_argument("--llm-model", default=None, help="Gemini model (gemini-2.5-flash)")
+    parser.add_argument(
+        "--send-image",
+        action="store_true",
+        help="also send the X-ray itself to the external LLM (off unless you give this flag)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write the report as JSON (one query) or into this folder (several)",
+    )
+    parser.add_argument("--markdown", action="store_true", help="also write .md next to the JSON")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from medxpert.atomic import atomic_write_json, atomic_write_text
+    from medxpert.errors import QueryError
+    from medxpert.pipeline import DiagnosisPipeline
+
+    settings = Settings.from_env()
+    queries: list[tuple[str, dict]] = []
+    if args.image is not None or args.text is not None:
+        name = args.image.name if args.image is not None else args.text
+        queries.append((name, {"image": args.image, "text": args.text, "note": args.note}))
+    for case in sample_test_images(args.sample, args.seed):
+        queries.append((case.case_id, {"image": case.image_path, "note": args.note}))
+    if not queries:
+        raise QueryError("nothing to diagnose: give --image PATH, --text TEXT or --sample N.")
+    pipeline = DiagnosisPipeline.from_artifacts(
+        args.model or settings.models_dir / settings.encoder,
+        library_dir(args.index, settings),
+        captioner=args.captioner or settings.captioner,
+        writer=args.writer or settings.writer,
+        device=settings.device,
+        k=args.k or settings.top_k,
+        writer_options=_writer_options(args),
+    )
+    for name, query in queries:
+        diagnosis = pipeline.diagnose(**query, target=args.target)
+        print(f"\n## {name}\n")
+        print(diagnosis.report.to_markdown())
+        if args.json is None:
+            continue
+        path = args.json if len(queries) == 1 else args.json / f"{slug(name, 60)}.json"
+        atomic_write_json(path, {"query": name, **diagnosis.to_dict()})
+        print(f"wrote {path}")
+        if args.markdown:
+            markdown = path.with_suffix(".md")
+            atomic_write_text(
+                markdown, f"# MedXpert report: {name}\n\n" + diagnosis.report.to_markdown()
+            )
+            print(f"wrote {markdown}")
+
+
+def _writer_options(args: argparse.Namespace) -> dict:
+    options: dict = {}
+    if args.llm_model:
+        options["model"] = args.llm_model
+    if args.send_image:
+        options["send_image"] = True
+    return options

@@ -1,0 +1,153 @@
+"""`DiagnosisPipeline`: one query through every stage, timed.
+
+    pipeline = DiagnosisPipeline.from_artifacts("models/medxpert-default",
+                                                "indexes/medxpert-default")
+    diagnosis = pipeline.diagnose(image="cxr.png", note="fever, productive cough", k=10)
+    print(diagnosis.report.to_markdown())
+
+Stages: encode the query (image, text, or image + note) → search the case library → caption
+the image → pathology probabilities (the similarity-weighted vote of the retrieved cases),
+ICD-10 suggestions and triage → the structured report.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medxpert.caption import Caption, make_captioner
+from medxpert.data.images import ImageSource, open_image
+from medxpert.errors import QueryError
+from medxpert.labels.clinical import icd10_suggestions, triage
+from medxpert.report import ReportContext, StructuredReport, make_writer
+from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters, Hit, SearchEngine
+from medxpert.retrieval.probabilities import label_probabilities
+
+
+@dataclass
+class Diagnosis:
+    """The report and everything it was made from."""
+
+    report: StructuredReport
+    hits: list[Hit]
+    caption: Caption | None
+    probabilities: dict[str, float]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the report (with timings) and the ranked hits."""
+        return {
+            "report": self.report.model_dump(),
+            "probabilities": self.probabilities,
+            "hits": [
+                {
+                    "rank": hit.rank,
+                    "case_id": hit.case.case_id,
+                    "score": round(hit.score, 4),
+                    "modality": hit.modality,
+                    "source": hit.case.source,
+                    "image_path": hit.case.image_path,
+                }
+                for hit in self.hits
+            ],
+        }
+
+
+class DiagnosisPipeline:
+    """Search engine + captioner + report writer."""
+
+    def __init__(self, engine: SearchEngine, captioner, writer, *, k: int = 10) -> None:
+        self.engine, self.captioner, self.writer, self.k = engine, captioner, writer, k
+
+    @classmethod
+    def from_artifacts(
+        cls,
+        model_dir: str | Path,
+        index_dir: str | Path,
+        *,
+        captioner: str = "labels",
+        writer: str = "offline",
+        device: str = "auto",
+        note_weight: float = DEFAULT_NOTE_WEIGHT,
+        k: int = 10,
+        writer_options: dict | None = None,
+    ) -> DiagnosisPipeline:
+        """`writer_options` go to the writer, e.g. ``{"model": "gemini-2.5-pro"}`` or
+        ``{"send_image": True}`` (the user's explicit consent to send the image)."""
+        engine = SearchEngine.from_artifacts(
+            model_dir, index_dir, device=device, note_weight=note_weight
+        )
+        return cls(
+            engine,
+            make_captioner(captioner, engine.encoder),
+            make_writer(writer, **(writer_options or {})),
+            k=k,
+        )
+
+    @property
+    def _may_send_image(self) -> bool:
+        """Only a writer the user explicitly allowed to send the image gets it."""
+        return bool(getattr(self.writer, "send_image", False))
+
+    def diagnose(
+        self,
+        image: ImageSource | None = None,
+        text: str | None = None,
+        note: str | None = None,
+        *,
+        k: int | None = None,
+        target: str = "both",
+        filters: Filters | None = None,
+    ) -> Diagnosis:
+        """Diagnose an image (with an optional clinical note) or a text query."""
+        k = k or self.k
+        timings: dict[str, float] = {}
+        if image is not None and text is not None:
+            raise QueryError("give the clinical note of an image as note, not as text.")
+        with _timed(timings, "encode"):
+            if image is not None:
+                image_vector = self.engine.encoder.encode_images([image], progress=False)
+                query = self.engine.with_note(image_vector, note)
+            else:
+                query = self.engine.query_vector(text=text, note=note)
+        with _timed(timings, "search"):
+            hits = self.engine.search_vectors(query, k=k, target=target, filters=filters)[0]
+        caption = None
+        if image is not None:
+            with _timed(timings, "caption"):
+                caption = self.captioner.caption(vector=image_vector[0])
+        with _timed(timings, "read-outs"):
+            vote = label_probabilities(hits)
+            context = ReportContext(
+                hits=hits,
+                vote=vote,
+                icd10=icd10_suggestions(vote.probabilities, vote.evidence),
+                triage=triage(vote.probabilities),
+                caption=caption,
+                query_text=text,
+                note=note,
+                has_image=image is not None,
+                image_png=_png(image) if image is not None and self._may_send_image else None,
+            )
+        with _timed(timings, "write"):
+            report = self.writer.write(context)
+        timings["total"] = round(sum(timings.values()), 2)
+        report = report.model_copy(update={"timings_ms": timings})
+        return Diagnosis(report, hits, caption, vote.probabilities, timings)
+
+
+def _png(image: ImageSource) -> bytes:
+    buffer = io.BytesIO()
+    open_image(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[stage] = round((time.perf_counter() - start) * 1000, 2)

@@ -1,0 +1,17 @@
+"""The structured report: schema, the evidence it is written from, and the writers."""
+
+from medxpert.report.context import ReportContext
+from medxpert.report.gemini import GeminiWriter
+from medxpert.report.offline import OfflineWriter
+from medxpert.report.registry import WRITERS, make_writer
+from medxpert.report.schema import DISCLAIMER, StructuredReport
+
+__all__ = [
+    "DISCLAIMER",
+    "WRITERS",
+    "GeminiWriter",
+    "OfflineWriter",
+    "ReportContext",
+    "StructuredReport",
+    "make_writer",
+]

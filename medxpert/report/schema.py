@@ -1,0 +1,91 @@
+"""`StructuredReport`: what a report writer returns, as a pydantic model (JSON in and out)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+DISCLAIMER = (
+    "Decision support, not a diagnosis: generated from similar prior cases by MedXpert. A "
+    "qualified clinician must review the images and confirm every statement."
+)
+
+
+class Statement(BaseModel):
+    """One sentence of the findings, with the retrieved cases that support it."""
+
+    text: str
+    cited_case_ids: list[str] = Field(default_factory=list)
+
+
+class DifferentialItem(BaseModel):
+    condition: str
+    probability: float = Field(ge=0, le=1)
+    supporting_case_ids: list[str] = Field(default_factory=list)
+
+
+class ICD10Item(BaseModel):
+    code: str
+    description: str
+    finding: str
+    probability: float = Field(ge=0, le=1)
+    evidence: list[str] = Field(default_factory=list)
+
+
+class TriageItem(BaseModel):
+    level: str
+    reason: str
+
+
+class CitedCase(BaseModel):
+    case_id: str
+    score: float
+    modality: str
+    excerpt: str
+
+
+class StructuredReport(BaseModel):
+    """Findings, impression, differential, ICD-10 suggestions, triage, caption and citations."""
+
+    findings: list[Statement]
+    impression: str
+    differential: list[DifferentialItem]
+    icd10: list[ICD10Item]
+    triage: TriageItem
+    caption: str | None = None
+    cited_cases: list[CitedCase]
+    writer: str
+    model: str | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    disclaimer: str = DISCLAIMER
+
+    def to_markdown(self) -> str:
+        """The report as Markdown, each finding followed by its citations."""
+        lines = [f"**Triage: {self.triage.level.upper()}** ({self.triage.reason})", ""]
+        if self.caption:
+            lines += [f"*Caption:* {self.caption}", ""]
+        lines += ["### Findings", ""]
+        lines += [
+            f"- {s.text}" + (f" [{', '.join(s.cited_case_ids)}]" if s.cited_case_ids else "")
+            for s in self.findings
+        ]
+        lines += ["", "### Impression", "", self.impression, "", "### Differential", ""]
+        lines += [
+            f"- {d.condition}: {d.probability:.2f} ({len(d.supporting_case_ids)} supporting cases)"
+            for d in self.differential
+        ] or ["- none above the reporting threshold"]
+        lines += ["", "### ICD-10 suggestions", ""]
+        lines += [
+            f"- {c.code} {c.description} (from {c.finding}, p = {c.probability:.2f})"
+            for c in self.icd10
+        ] or ["- none"]
+        lines += ["", "### Cited cases", ""]
+        lines += [
+            f"- {c.case_id} ({c.modality}, score {c.score:.3f}): {c.excerpt}"
+            for c in self.cited_cases
+        ]
+        if self.warnings:
+            lines += ["", "### Warnings", ""] + [f"- {w}" for w in self.warnings]
+        writer = self.writer + (f" ({self.model})" if self.model else "")
+        lines += ["", f"*Written by the {writer} writer. {self.disclaimer}*"]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,146 @@
+"""The offline writer (grounded, cited, never unsupported), the label captioner, and the
+DiagnosisPipeline end to end on a tiny model, with the bad inputs a user can give it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medxpert.caption import LabelCaptioner
+from medxpert.caption.labels import describe
+from medxpert.data import Case
+from medxpert.errors import IndexNotFoundError, InvalidImageError, QueryError
+from medxpert.index import CaseLibrary
+from medxpert.labels import label_vector
+from medxpert.labels.clinical import icd10_suggestions, triage
+from medxpert.pipeline import DiagnosisPipeline
+from medxpert.report import OfflineWriter, ReportContext, StructuredReport
+from medxpert.retrieval import Hit, SearchEngine
+from medxpert.retrieval.probabilities import label_probabilities
+from tests.builders import gradient, library_cases, png_bytes, tiny_encoder
+
+EFFUSION = "Heart size is normal. Large left pleural effusion. No pneumothorax."
+NORMAL = "The lungs are clear. No pleural effusion. No pneumothorax."
+
+
+def report_hit(case_id: str, score: float, text: str, labels: dict, rank: int) -> Hit:
+    case = Case(
+        case_id=case_id,
+        source="iu_xray",
+        split="train",
+        study_id=case_id,
+        findings=text,
+        labels=label_vector(labels),
+    )
+    return Hit(case, score, rank, "report")
+
+
+def context_of(hits: list[Hit]) -> ReportContext:
+    vote = label_probabilities(hits)
+    return ReportContext(
+        hits=hits,
+        vote=vote,
+        icd10=icd10_suggestions(vote.probabilities, vote.evidence),
+        triage=triage(vote.probabilities),
+    )
+
+
+def test_offline_report_states_only_supported_findings_and_cites_them():
+    hits = [
+        report_hit("a", 0.90, EFFUSION, {"Pleural Effusion": 1, "Pneumothorax": 0}, 1),
+        report_hit("b", 0.89, EFFUSION, {"Pleural Effusion": 1}, 2),
+        report_hit("c", 0.80, NORMAL, {"No Finding": 1, "Pleural Effusion": 0}, 3),
+    ]
+    report = OfflineWriter().write(context_of(hits))
+    assert len(report.findings) == 1
+    finding = report.findings[0]
+    assert finding.text.startswith("Pleural Effusion: probability")
+    assert '"Large left pleural effusion."' in finding.text
+    assert finding.cited_case_ids == ["a", "b"]
+    assert "pleural effusion" in report.impression.lower()
+    assert [c.code for c in report.icd10] == ["J90"]
+    assert report.triage.level == "priority"
+    assert {c.case_id for c in report.cited_cases} == {"a", "b"}
+    assert "Pneumothorax" not in " ".join(f.text for f in report.findings)
+    again = StructuredReport.model_validate_json(report.model_dump_json())
+    assert again == report and "decision support" in report.disclaimer.lower()
+    markdown = report.to_markdown()
+    assert "**Triage: PRIORITY**" in markdown and "[a, b]" in markdown
+
+
+def test_offline_report_of_normal_and_of_disagreeing_cases():
+    normal = [
+        report_hit(f"n{i}", 0.9 - i / 100, NORMAL, {"No Finding": 1}, i + 1) for i in range(3)
+    ]
+    report = OfflineWriter().write(context_of(normal))
+    assert report.findings[0].text.startswith("No acute cardiopulmonary abnormality")
+    assert report.findings[0].cited_case_ids == ["n0", "n1", "n2"]
+    assert report.triage.level == "routine" and report.icd10 == []
+    mixed = [
+        report_hit("x", 0.9, EFFUSION, {"Pleural Effusion": 1}, 1),
+        report_hit("y", 0.9, "Cardiomegaly.", {"Cardiomegaly": 1}, 2),
+        report_hit("z", 0.9, "Small pneumothorax.", {"Pneumothorax": 1}, 3),
+    ]
+    report = OfflineWriter().write(context_of(mixed))
+    assert report.impression.startswith("Indeterminate")
+    assert report.findings[0].cited_case_ids == []
+    assert report.triage.level == "priority"  # pneumothorax 0.33 ≥ 0.25
+
+
+def test_describe_caption():
+    text = describe(
+        {"Pleural Effusion": 0.71, "Cardiomegaly": 0.64, "Pneumothorax": 0.12, "Edema": 0.2}
+    )
+    assert text == (
+        "Likely pleural effusion (0.71) and cardiomegaly (0.64). "
+        "No pneumothorax (0.12) or pulmonary oedema (0.20)."
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    encoder = tiny_encoder(root)
+    library = CaseLibrary.build(encoder, library_cases(root))
+    return DiagnosisPipeline(
+        SearchEngine(library, encoder), LabelCaptioner(encoder), OfflineWriter(), k=5
+    )
+
+
+def test_label_captioner_gives_a_probability_per_prompt(pipeline):
+    caption = pipeline.captioner.caption(png_bytes(gradient()))
+    assert caption.captioner == "labels" and set(caption.probabilities) == set(
+        pipeline.captioner.labels
+    )
+    assert all(0 <= p <= 1 for p in caption.probabilities.values())
+    assert caption.text.startswith(("Likely", "No finding"))
+
+
+def test_pipeline_image_note_and_text(pipeline):
+    image = png_bytes(gradient(low=20, high=160))
+    plain = pipeline.diagnose(image=image)
+    assert len(plain.hits) == 5 and plain.caption is not None
+    assert set(plain.timings_ms) == {"encode", "search", "caption", "read-outs", "write", "total"}
+    assert plain.report.timings_ms == plain.timings_ms
+    assert plain.report.caption == plain.caption.text
+    cited = {c for s in plain.report.findings for c in s.cited_case_ids}
+    assert cited <= {h.case.case_id for h in plain.hits}
+    blank_note = pipeline.diagnose(image=image, note="   ")
+    assert [h.case.case_id for h in blank_note.hits] == [h.case.case_id for h in plain.hits]
+    text = pipeline.diagnose(text="level two pleural effusion.", target="reports", k=3)
+    assert text.caption is None and {h.modality for h in text.hits} == {"report"}
+    assert json.loads(json.dumps(text.to_dict()))["hits"][0]["rank"] == 1
+
+
+def test_pipeline_bad_inputs(pipeline, tmp_path):
+    with pytest.raises(InvalidImageError):
+        pipeline.diagnose(image=b"GIF89a but not really")
+    with pytest.raises(QueryError, match="limit"):
+        pipeline.diagnose(image=png_bytes(gradient()), note="cough " * 200_000)
+    with pytest.raises(QueryError, match="empty"):
+        pipeline.diagnose(text="")
+    with pytest.raises(QueryError, match="nothing to search for"):
+        pipeline.diagnose()
+    with pytest.raises(IndexNotFoundError, match="medxpert index build"):
+        DiagnosisPipeline.from_artifacts(tmp_path / "no-model", tmp_path / "no-index")

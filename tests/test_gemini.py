@@ -1,0 +1,234 @@
+"""The Gemini writer against a server of our own on 127.0.0.1 that answers in the Gemini
+`generateContent` REST format: a good answer, malformed JSON, a schema violation, 429 then
+success, a timeout, no key; what is sent (de-identified, no image unless opted in); the key
+never logged. And de-identification itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from medxpert.data import Case
+from medxpert.labels import label_vector
+from medxpert.labels.clinical import icd10_suggestions, triage
+from medxpert.report import GeminiWriter, OfflineWriter, ReportContext
+from medxpert.report.deid import deidentify
+from medxpert.retrieval import Hit
+from medxpert.retrieval.probabilities import label_probabilities
+
+KEY = "test-key-not-a-secret-4711"
+NOTE = "Seen by Dr. Jane Smith on 03/14/2024, MRN 12345678, jane@example.org. Fever, cough."
+DRAFT = {
+    "findings": [
+        {"text": "Left pleural effusion.", "cited_case_ids": ["a", "ghost"]},
+    ],
+    "impression": "Left pleural effusion.",
+    "differential": [
+        {"condition": "Pleural Effusion", "probability": 0.8, "supporting_case_ids": ["a"]}
+    ],
+}
+
+
+class FakeGemini(BaseHTTPRequestHandler):
+    """Replies with the next scripted (status, body, delay); records each request."""
+
+    script: ClassVar[list[tuple[int, object, float]]] = []
+    requests: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        FakeGemini.requests.append(
+            {"path": self.path, "headers": dict(self.headers), "body": body.decode()}
+        )
+        status, payload, delay = FakeGemini.script.pop(0)
+        time.sleep(delay)
+        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+            pass
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def answer(text: str) -> dict:
+    return {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"text": text}]},
+                "finishReason": "STOP",
+                "index": 0,
+            }
+        ],
+        "usageMetadata": {
+            "promptTokenCount": 10,
+            "candidatesTokenCount": 10,
+            "totalTokenCount": 20,
+        },
+        "modelVersion": "gemini-test",
+    }
+
+
+ERROR_429 = {
+    "error": {"code": 429, "message": "Resource exhausted", "status": "RESOURCE_EXHAUSTED"}
+}
+
+
+@pytest.fixture
+def server():
+    FakeGemini.script, FakeGemini.requests = [], []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeGemini)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def context() -> ReportContext:
+    hits = [
+        Hit(
+            Case(
+                case_id=case_id,
+                source="iu_xray",
+                split="train",
+                study_id=case_id,
+                findings=f"Large left pleural effusion. Call 617-555-0199 ({case_id}).",
+                labels=label_vector({"Pleural Effusion": 1}),
+            ),
+            score,
+            rank,
+            "report",
+        )
+        for rank, (case_id, score) in enumerate((("a", 0.9), ("b", 0.85)), start=1)
+    ]
+    vote = label_probabilities(hits)
+    return ReportContext(
+        hits=hits,
+        vote=vote,
+        icd10=icd10_suggestions(vote.probabilities, vote.evidence),
+        triage=triage(vote.probabilities),
+        note=NOTE,
+        has_image=True,
+        image_png=b"\x89PNG fake image bytes",
+    )
+
+
+def writer(base_url: str, **options) -> GeminiWriter:
+    defaults = {"api_key": KEY, "base_url": base_url, "timeout_s": 5, "backoff_s": 0.01}
+    return GeminiWriter("gemini-test", **{**defaults, **options})
+
+
+def test_a_good_answer_becomes_the_report(server, context, caplog):
+    FakeGemini.script = [(200, answer(json.dumps(DRAFT)), 0)]
+    with caplog.at_level(logging.DEBUG):
+        report = writer(server).write(context)
+    assert report.writer == "gemini" and report.model == "gemini-test"
+    assert report.impression == "Left pleural effusion."
+    assert report.findings[0].cited_case_ids == ["a"]  # "ghost" was never retrieved
+    assert any("ghost" in w for w in report.warnings)
+    offline = OfflineWriter().write(context)
+    assert report.icd10 == offline.icd10 and report.triage == offline.triage
+    assert [c.case_id for c in report.cited_cases] == ["a"]
+    (request,) = FakeGemini.requests
+    assert request["path"].endswith("/models/gemini-test:generateContent")
+    assert request["headers"].get("x-goog-api-key") == KEY
+    body = request["body"]
+    assert "Jane" not in body and "12345678" not in body and "jane@example.org" not in body
+    assert "555-0199" not in body and "[EMAIL]" in body and "Fever, cough." in body
+    assert "inlineData" not in body and "inline_data" not in body, "no image without consent"
+    assert "application/json" in body and "responseSchema" in body
+    assert KEY not in caplog.text and KEY not in repr(writer(server))
+
+
+def test_the_image_is_sent_only_with_consent(server, context):
+    FakeGemini.script = [(200, answer(json.dumps(DRAFT)), 0)]
+    writer(server, send_image=True).write(context)
+    assert "inlineData" in FakeGemini.requests[0]["body"]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("{not json", "malformed JSON"), (json.dumps({"impression": "x"}), "schema violation")],
+)
+def test_bad_answers_fall_back_to_the_offline_report(server, context, text, why):
+    FakeGemini.script = [(200, answer(text), 0)]
+    report = writer(server).write(context)
+    assert report.writer == "offline" and why in report.warnings[-1]
+    assert report.findings == OfflineWriter().write(context).findings
+
+
+def test_429_is_retried_with_backoff(server, context):
+    FakeGemini.script = [
+        (429, ERROR_429, 0),
+        (429, ERROR_429, 0),
+        (200, answer(json.dumps(DRAFT)), 0),
+    ]
+    report = writer(server, retries=3).write(context)
+    assert report.writer == "gemini" and len(FakeGemini.requests) == 3
+    FakeGemini.script = [(429, ERROR_429, 0)] * 2
+    report = writer(server, retries=1).write(context)
+    assert report.writer == "offline" and "HTTP 429" in report.warnings[-1]
+
+
+def test_a_timeout_falls_back_quickly(server, context):
+    FakeGemini.script = [(200, answer(json.dumps(DRAFT)), 3.0)]
+    started = time.perf_counter()
+    report = writer(server, timeout_s=0.5, retries=0).write(context)
+    assert time.perf_counter() - started < 2.5
+    assert report.writer == "offline" and "Gemini failed" in report.warnings[-1]
+
+
+def test_no_key_means_no_request(server, context, monkeypatch):
+    for variable in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    report = GeminiWriter("gemini-test", base_url=server).write(context)
+    assert report.writer == "offline" and "no API key" in report.warnings[-1]
+    assert FakeGemini.requests == []
+
+
+def test_deidentify():
+    text = (
+        "Seen by Dr. Jane Smith on 03/14/2024 and Jan 5, 2023. MRN: 12345678. Call "
+        "(617) 555-0199 or jane.smith@example.org. Patient: John Doe, fever 38.5 C, "
+        "2 cm nodule. Follow-up 2021-11-04, see https://example.org/x."
+    )
+    clean = deidentify(text)
+    for identifier in (
+        "Jane",
+        "Smith",
+        "03/14/2024",
+        "Jan 5",
+        "12345678",
+        "555-0199",
+        "jane.smith",
+        "John",
+        "2021-11-04",
+        "https://",
+    ):
+        assert identifier not in clean, identifier
+    assert "38.5 C" in clean and "2 cm nodule" in clean
+    assert deidentify("") == "" and deidentify(None) == ""
+
+
+def test_writer_registry():
+    from medxpert.errors import ConfigError
+    from medxpert.report import make_writer
+
+    assert isinstance(make_writer("gemini", model="m", send_image=True), GeminiWriter)
+    with pytest.raises(ConfigError, match="gemini writer"):
+        make_writer("offline", send_image=True)
+    with pytest.raises(ConfigError, match="available: offline, gemini"):
+        make_writer("gpt")
