@@ -13,11 +13,14 @@ ICD-10 suggestions and triage → the structured report.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from medxpert.caption import Caption, make_captioner
 from medxpert.data.images import ImageSource, open_image
@@ -26,6 +29,8 @@ from medxpert.labels.clinical import icd10_suggestions, triage
 from medxpert.report import ReportContext, StructuredReport, make_writer
 from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters, Hit, SearchEngine
 from medxpert.retrieval.probabilities import label_probabilities
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,12 +86,13 @@ class DiagnosisPipeline:
         engine = SearchEngine.from_artifacts(
             model_dir, index_dir, device=device, note_weight=note_weight
         )
-        return cls(
-            engine,
-            make_captioner(captioner, engine.encoder),
-            make_writer(writer, **(writer_options or {})),
-            k=k,
-        )
+        captioner_ = make_captioner(captioner, engine.encoder)
+        if hasattr(captioner_, "calibrate") and "images" in engine.library.indexes:
+            stored = engine.library.stored_vectors("images")
+            labels = np.stack([engine.library.case(row).labels for row in stored.rows])
+            used = captioner_.calibrate(stored.vectors, labels)
+            logger.info("caption calibrated on the library's images: %s", used)
+        return cls(engine, captioner_, make_writer(writer, **(writer_options or {})), k=k)
 
     @property
     def _may_send_image(self) -> bool:

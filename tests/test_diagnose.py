@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from medxpert.caption import LabelCaptioner
@@ -12,7 +13,7 @@ from medxpert.caption.labels import describe
 from medxpert.data import Case
 from medxpert.errors import IndexNotFoundError, InvalidImageError, QueryError
 from medxpert.index import CaseLibrary
-from medxpert.labels import label_vector
+from medxpert.labels import LABEL_INDEX, label_vector
 from medxpert.labels.clinical import icd10_suggestions, triage
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report import OfflineWriter, ReportContext, StructuredReport
@@ -115,6 +116,26 @@ def test_label_captioner_gives_a_probability_per_prompt(pipeline):
     )
     assert all(0 <= p <= 1 for p in caption.probabilities.values())
     assert caption.text.startswith(("Likely", "No finding"))
+
+
+def test_label_captioner_calibration(pipeline):
+    captioner = LabelCaptioner(pipeline.engine.encoder)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(200, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    column = captioner.labels.index("Cardiomegaly")
+    margins = captioner.margins(vectors)[:, column]
+    labels = np.full((200, 14), np.nan, dtype=np.float32)
+    labels[:, LABEL_INDEX["Cardiomegaly"]] = margins > np.median(margins)
+    labels[:, LABEL_INDEX["Edema"]] = 0
+    labels[:3, LABEL_INDEX["Edema"]] = 1  # 3 positives: too few to calibrate
+    assert captioner.calibrate(vectors, labels) == {"Cardiomegaly": 200}
+    a, _ = captioner.calibration["Cardiomegaly"]
+    assert a > 0
+    probabilities = [captioner.probabilities(vector=v) for v in vectors]
+    assert all(set(p) == {"Cardiomegaly"} for p in probabilities)
+    ranked = np.argsort([p["Cardiomegaly"] for p in probabilities])
+    np.testing.assert_array_equal(np.sort(margins)[[0, -1]], margins[ranked[[0, -1]]])
 
 
 def test_pipeline_image_note_and_text(pipeline):

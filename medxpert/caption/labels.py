@@ -1,8 +1,12 @@
 """The zero-shot label captioner: CheXzero-style positive / negative prompts per observation,
-scored with the dual encoder, written as a short caption.
+scored with the dual encoder, calibrated, and written as a short caption.
 
-For observation c, p(c) = softmax(s · [cos(image, positive prompt), cos(image, negative
-prompt)])[0], where s is the model's learned logit scale (Tiu et al., Nat. Biomed. Eng. 2022).
+For observation c the margin is m(c) = s · (cos(image, positive prompt) − cos(image, negative
+prompt)), with s the model's learned logit scale (Tiu et al., Nat. Biomed. Eng. 2022). Raw,
+softmax(m) is poorly calibrated for a small fine-tuned model (every observation lands near 0.5),
+so `calibrate` fits p(c) = σ(a·m + b) per observation (Platt scaling) on labelled images, in
+practice the case library's own train + val images. Observations without enough labelled
+positives and negatives there are left out rather than guessed.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ PROMPTS: dict[str, tuple[str, str]] = {
     "Fracture": ("Rib fracture.", "No fracture."),
 }
 PERTINENT_NEGATIVES = ("Pneumothorax", "Pleural Effusion", "Consolidation", "Edema")
+MIN_CALIBRATION = 10  # labelled positives and negatives needed to calibrate an observation
 NAMES = {"Edema": "pulmonary oedema", "Lung Lesion": "nodule or mass", "Lung Opacity": "opacity"}
 
 
 class LabelCaptioner:
     """`captioner.caption(image)` → a `Caption` naming the likely findings and the pertinent
-    negatives, with the zero-shot probability of every prompted observation."""
+    negatives, with the calibrated probability of every calibrated observation."""
 
     name = "labels"
 
@@ -47,18 +52,49 @@ class LabelCaptioner:
         negative = encoder.encode_texts(
             [PROMPTS[label][1] for label in self.labels], progress=False
         )
-        self._prompts = np.stack([positive, negative], axis=1)  # (labels, 2, d)
+        self._direction = positive - negative  # (labels, d): the margin is a dot product
         self._scale = float(encoder.model.logit_scale.detach().exp().cpu())
+        self.calibration: dict[str, tuple[float, float]] = {}  # label → (a, b)
+
+    def margins(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, labels) zero-shot margins of image vectors (n, d)."""
+        return self._scale * (np.atleast_2d(vectors).astype(np.float32) @ self._direction.T)
+
+    def calibrate(self, vectors: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+        """Fit σ(a·margin + b) per observation on image `vectors` with CheXpert-14 `labels`
+        (n, 14): rows labelled 1 or 0 count, uncertain and unmentioned do not. Returns the
+        number of labelled rows used per calibrated observation."""
+        from sklearn.linear_model import LogisticRegression
+
+        margins, used = self.margins(vectors), {}
+        for j, label in enumerate(self.labels):
+            column = np.asarray(labels, dtype=np.float32)[:, CHEXPERT_LABELS.index(label)]
+            known = (column == 1) | (column == 0)
+            positives = int((column == 1).sum())
+            if positives < MIN_CALIBRATION or int(known.sum()) - positives < MIN_CALIBRATION:
+                continue
+            fit = LogisticRegression().fit(margins[known, j : j + 1], column[known] == 1)
+            self.calibration[label] = (float(fit.coef_[0, 0]), float(fit.intercept_[0]))
+            used[label] = int(known.sum())
+        return used
 
     def probabilities(self, image: ImageSource | None = None, *, vector=None) -> dict[str, float]:
-        """Zero-shot probability per prompted observation (give an image or its vector)."""
+        """Calibrated probability per calibrated observation (give an image or its vector);
+        before `calibrate`, the raw softmax of the margins."""
         if vector is None:
             vector = self.encoder.encode_images([image], progress=False)[0]
-        logits = self._scale * (self._prompts @ np.asarray(vector, dtype=np.float32).ravel())
-        logits -= logits.max(axis=1, keepdims=True)
-        odds = np.exp(logits)
-        p = odds[:, 0] / odds.sum(axis=1)
-        return {label: round(float(v), 4) for label, v in zip(self.labels, p, strict=True)}
+        margins = self.margins(vector)[0]
+        if not self.calibration:
+            return {
+                label: round(float(1 / (1 + np.exp(-m))), 4)
+                for label, m in zip(self.labels, margins, strict=True)
+            }
+        return {
+            label: round(float(1 / (1 + np.exp(-(a * margins[j] + b)))), 4)
+            for j, label in enumerate(self.labels)
+            if label in self.calibration
+            for a, b in [self.calibration[label]]
+        }
 
     def caption(self, image: ImageSource | None = None, *, vector=None) -> Caption:
         probabilities = self.probabilities(image, vector=vector)

@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> None:
         print(diagnosis.report.to_markdown())
         if args.json is None:
             continue
-        path = args.json if len(queries) == 1 else args.json / f"{slug(name, 60)}.json"
+        path = args.json if len(queries) == 1 else args.json / f"{slug(name, 80)}.json"
         atomic_write_json(path, {"query": name, **diagnosis.to_dict()})
         print(f"wrote {path}")
         if args.markdown:
