@@ -80,13 +80,16 @@ class DiagnosisPipeline:
         note_weight: float = DEFAULT_NOTE_WEIGHT,
         k: int = 10,
         writer_options: dict | None = None,
+        blip_source: str | Path | None = None,
     ) -> DiagnosisPipeline:
         """`writer_options` go to the writer, e.g. ``{"model": "gemini-2.5-pro"}`` or
         ``{"send_image": True}`` (the user's explicit consent to send the image)."""
         engine = SearchEngine.from_artifacts(
             model_dir, index_dir, device=device, note_weight=note_weight
         )
-        captioner_ = make_captioner(captioner, engine.encoder)
+        captioner_ = make_captioner(
+            captioner, engine.encoder, blip_source=blip_source, models_dir=Path(model_dir).parent
+        )
         if hasattr(captioner_, "calibrate") and "images" in engine.library.indexes:
             stored = engine.library.stored_vectors("images")
             labels = np.stack([engine.library.case(row).labels for row in stored.rows])
@@ -125,7 +128,7 @@ class DiagnosisPipeline:
         caption = None
         if image is not None:
             with _timed(timings, "caption"):
-                caption = self.captioner.caption(vector=image_vector[0])
+                caption = self.captioner.caption(image, vector=image_vector[0])
         with _timed(timings, "read-outs"):
             vote = label_probabilities(hits)
             context = ReportContext(

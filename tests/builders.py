@@ -339,3 +339,47 @@ def library_cases(tmp_path: Path) -> list[Case]:
             )
         )
     return cases
+
+
+def tiny_blip(directory: Path) -> Path:
+    """A 1-layer, 32-wide BLIP (vision and text) with a small vocabulary, random weights, saved
+    with its processor like a Hugging Face folder."""
+    import torch
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+        BlipTextConfig,
+        BlipVisionConfig,
+    )
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", ".", ",", *TOY_WORDS]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, bos_token="[DEC]")
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    )
+    small = {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    }
+    config = BlipConfig(
+        text_config=BlipTextConfig(
+            vocab_size=len(vocab),
+            max_position_embeddings=64,
+            bos_token_id=vocab.index("[DEC]"),
+            pad_token_id=0,
+            sep_token_id=3,
+            encoder_hidden_size=32,
+            **small,
+        ).to_dict(),
+        vision_config=BlipVisionConfig(image_size=32, patch_size=8, **small).to_dict(),
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(config).save_pretrained(str(directory))
+    processor.save_pretrained(str(directory))
+    return directory

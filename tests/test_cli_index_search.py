@@ -16,7 +16,7 @@ import pytest
 from medxpert.cli import main
 from medxpert.index import CaseLibrary
 from medxpert.index.export import read_embeddings
-from tests.builders import mini_packs, tiny_encoder
+from tests.builders import mini_packs, tiny_blip, tiny_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,3 +203,52 @@ def test_diagnose_writes_json_and_markdown_reports(built, env, capsys):
     assert done.returncode == 0, done.stderr
     assert len(list((built / "reports" / "many").glob("*.json"))) == 2
     assert main(["diagnose"]) == 2 and "nothing to diagnose" in capsys.readouterr().err
+
+
+def test_train_captioner_then_diagnose_with_blip(built, tmp_path, capsys):
+    base = tiny_blip(tmp_path / "tiny-blip")
+    out = tmp_path / "blip-tuned"
+    code = main(
+        [
+            "train-captioner",
+            "--base",
+            str(base),
+            "--out",
+            str(out),
+            "--source",
+            "covid_cxr",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert "2 steps" in capsys.readouterr().out and (out / "config.json").is_file()
+    image = next((built / "data" / "covid_cxr" / "images").iterdir())
+    report = tmp_path / "report.json"
+    code = main(
+        [
+            "diagnose",
+            "--image",
+            str(image),
+            "--captioner",
+            "blip",
+            "--blip",
+            str(out),
+            "-k",
+            "3",
+            "--json",
+            str(report),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads(report.read_text())["report"]
+    assert saved["caption"] and saved["timings_ms"]["caption"] > 0
+    assert (
+        main(["train-captioner", "--base", str(base), "--out", str(out), "--source", "nih_cxr14"])
+        == 2
+    )
+    assert "image-report pairs" in capsys.readouterr().err

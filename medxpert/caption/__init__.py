@@ -1,5 +1,5 @@
-"""Captions of the query image: a zero-shot label captioner on the dual encoder (the offline
-default). Captioners are picked by name (`make_captioner`)."""
+"""Captions of the query image: a calibrated zero-shot label captioner on the dual encoder
+(the offline default) and BLIP. Captioners are picked by name (`make_captioner`)."""
 
 from medxpert.caption.base import Caption
 from medxpert.caption.labels import LabelCaptioner

@@ -9,7 +9,17 @@ import sys
 from collections.abc import Sequence
 
 from medxpert import __version__
-from medxpert.cli import data, diagnose, encoders, evaluate, index, label, search, train
+from medxpert.cli import (
+    captioner,
+    data,
+    diagnose,
+    encoders,
+    evaluate,
+    index,
+    label,
+    search,
+    train,
+)
 from medxpert.errors import MedXpertError
 
 logger = logging.getLogger("medxpert")
@@ -43,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less logging")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (data, label, encoders, train, index, search, diagnose, evaluate):
+    for module in (data, label, encoders, train, captioner, index, search, diagnose, evaluate):
         module.add_commands(commands)
     return parser
 

@@ -30,7 +30,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("-k", "--k", type=int, default=None, help="cases to retrieve")
     parser.add_argument("--target", choices=("reports", "images", "both"), default="both")
     add_artifact_arguments(parser)
-    parser.add_argument("--captioner", default=None, help="captioner (default: labels)")
+    parser.add_argument("--captioner", default=None, help="labels (default) or blip")
+    parser.add_argument(
+        "--blip",
+        default=None,
+        metavar="DIR_OR_HUB_ID",
+        help="BLIP weights (default: models/blip-captioner, else the hub model)",
+    )
     parser.add_argument(
         "--writer",
         default=None,
@@ -75,6 +81,7 @@ def _run(args: argparse.Namespace) -> None:
         device=settings.device,
         k=args.k or settings.top_k,
         writer_options=_writer_options(args),
+        blip_source=args.blip,
     )
     for name, query in queries:
         diagnosis = pipeline.diagnose(**query, target=args.target)

@@ -29,6 +29,7 @@ from medxpert import __version__
 from medxpert.atomic import atomic_directory
 from medxpert.data.images import ImageSource, open_image
 from medxpert.encoders.device import describe, pick_device
+from medxpert.encoders.hub import require_hub
 from medxpert.encoders.registry import (
     DEFAULT_BACKBONE,
     HF_HUB_PREFIX,
@@ -356,27 +357,12 @@ def _create_from_hub(spec: Backbone, device: torch.device) -> DualEncoder:
     )
 
 
-def _require_hub(spec: Backbone, timeout: float = 3.0) -> None:
-    """Fail at once, rather than after the hub client's retries, when the hub is unreachable.
-    With HF_HUB_OFFLINE=1 the client itself answers from the local cache or fails at once."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return
-    endpoint = urlparse(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
-    except OSError as error:
-        raise HubUnavailableError(
-            f"backbone {spec.name!r} needs its weights from the Hugging Face hub, and "
-            f"{endpoint.hostname} cannot be reached ({error}). Offline, use the offline default "
-            f"{DEFAULT_BACKBONE!r} or a model directory saved earlier; if the weights are already "
-            "in your Hugging Face cache, set HF_HUB_OFFLINE=1."
-        ) from None
+def _require_hub(spec: Backbone) -> None:
+    require_hub(
+        f"backbone {spec.name!r}",
+        f"Offline, use the offline default {DEFAULT_BACKBONE!r} or a model directory saved "
+        "earlier.",
+    )
 
 
 def _hub_model_config(model_id: str) -> dict:
