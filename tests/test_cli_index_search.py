@@ -252,3 +252,18 @@ def test_train_captioner_then_diagnose_with_blip(built, tmp_path, capsys):
         == 2
     )
     assert "image-report pairs" in capsys.readouterr().err
+
+
+def test_eval_reports_scores_medxpert_and_the_top1_baseline(built, capsys):
+    out = built / "report_metrics"
+    assert main(["eval", "reports", "--limit", "6", "--bootstrap", "20", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    tasks = {row["task"] for row in rows}
+    assert any(task.startswith("IU test reports as text queries") for task in tasks)
+    assert any(task.startswith("COVID test X-rays") for task in tasks)
+    metrics = {row["metric"] for row in rows}
+    assert {"BLEU-1", "BLEU-4", "ROUGE-L", "CheXpert F1 micro"} <= metrics
+    for row in rows:
+        assert 0 <= row["MedXpert (offline writer)"]["value"] <= 1
+        assert 0 <= row["top-1 report"]["value"] <= 1
+    assert "| ROUGE-L |" in capsys.readouterr().out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medxpert.cli.common import add_source_arguments, load_sources
+from medxpert.cli.common import add_artifact_arguments, add_source_arguments, load_sources
 from medxpert.config import Settings
 
 
@@ -40,6 +40,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=None, help="output prefix (default: results/retrieval_metrics)"
     )
     retrieval.set_defaults(run=_run_retrieval)
+
+    reports = kinds.add_parser(
+        "reports",
+        help="report quality (BLEU, ROUGE-L, METEOR, CheXpert F1) against a top-1 baseline",
+        description="Diagnose held-out cases and score the reports against their reference "
+        "reports, next to a retrieval-only baseline that copies the top-1 retrieved report: IU "
+        "test reports used as text queries, and the COVID pack's test X-rays.",
+    )
+    add_artifact_arguments(reports)
+    reports.add_argument("--limit", type=int, default=None, help="at most N items per set")
+    reports.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    reports.add_argument(
+        "--out", type=Path, default=None, help="output prefix (default: results/report_metrics)"
+    )
+    reports.set_defaults(run=_run_reports)
 
 
 def _run_retrieval(args: argparse.Namespace) -> None:
@@ -104,3 +119,54 @@ def _library_image_vectors(name: str, encoder, settings: Settings) -> dict:
     paths = [library.case(row).image_path for row in stored.rows]
     print(f"taking {len(paths)} image vectors from the case library {name}")
     return dict(zip(paths, stored.vectors, strict=True))
+
+
+def _run_reports(args: argparse.Namespace) -> None:
+    from medxpert.cli.index import library_dir
+    from medxpert.data import load_cases
+    from medxpert.eval.reports import ReportItem, evaluate_reports
+    from medxpert.eval.results import write_results
+    from medxpert.pipeline import DiagnosisPipeline
+
+    settings = Settings.from_env()
+    pipeline = DiagnosisPipeline.from_artifacts(
+        args.model or settings.models_dir / settings.encoder,
+        library_dir(args.index, settings),
+        device=settings.device,
+    )
+
+    def medxpert(**query) -> str:
+        return pipeline.diagnose(**query).report.plain_text()
+
+    def top1(**query) -> str:
+        return pipeline.engine.search(**query, k=1, target="reports")[0].case.text()
+
+    iu = [c for c in load_cases("iu_xray", "test") if c.text()]
+    iu = list({c.study_id: c for c in iu}.values())[: args.limit]
+    covid = [c for c in load_cases("covid_cxr", "test") if c.has_image and c.text()][: args.limit]
+    sets = {
+        f"IU test reports as text queries (n={len(iu)})": [
+            ReportItem(c.case_id, {"text": c.text()}, c.text()) for c in iu
+        ],
+        f"COVID test X-rays (n={len(covid)})": [
+            ReportItem(c.case_id, {"image": c.image_path}, c.text()) for c in covid
+        ],
+    }
+    systems = {"top-1 report": top1, "MedXpert (offline writer)": medxpert}
+    rows = [
+        row
+        for task, items in sets.items()
+        for row in evaluate_reports(task, items, systems, n_boot=args.bootstrap)
+    ]
+    paths = write_results(
+        rows,
+        args.out or settings.results_dir / "report_metrics",
+        list(systems),
+        title="Report quality",
+        meta={
+            "model": str(args.model or settings.models_dir / settings.encoder),
+            "bootstrap": args.bootstrap,
+        },
+    )
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))

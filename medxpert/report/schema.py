@@ -59,6 +59,10 @@ class StructuredReport(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     disclaimer: str = DISCLAIMER
 
+    def plain_text(self) -> str:
+        """The impression and the findings as prose (for text metrics such as BLEU)."""
+        return " ".join([self.impression, *(s.text for s in self.findings)])
+
     def to_markdown(self) -> str:
         """The report as Markdown, each finding followed by its citations."""
         lines = [f"**Triage: {self.triage.level.upper()}** ({self.triage.reason})", ""]

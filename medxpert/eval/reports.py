@@ -1,0 +1,151 @@
+"""Report quality: generated reports against reference reports.
+
+- Language overlap: BLEU-1..4 (corpus level, NLTK, smoothing method 1), ROUGE-L F (per report,
+  `rouge-score`, stemmed), and METEOR (corpus level, `pycocoevalcap`, only when `java` is
+  installed).
+- Clinical content: CheXpert-label F1. The report labeler labels both texts; a label counts
+  as present when positive. Micro F1 is over every (report, label) pair; macro F1 is over
+  labels with at least `MIN_MACRO_POSITIVES` reference positives.
+
+Several systems are scored side by side on the same items. ROUGE-L and the label F1s get 95%
+bootstrap intervals over reports; the corpus-level BLEU and METEOR are point figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from medxpert.eval.bootstrap import Estimate, bootstrap_mean
+from medxpert.eval.retrieval import Row
+from medxpert.labels import default_labeler
+
+logger = logging.getLogger(__name__)
+
+MIN_MACRO_POSITIVES = 5
+TOKEN = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class ReportItem:
+    """One held-out case: how to query for it, and its reference report."""
+
+    name: str
+    query: Mapping[str, object]  # keyword arguments of the system's generate function
+    reference: str
+
+
+# A system: query keyword arguments → the text of its report.
+Generate = Callable[..., str]
+
+
+def tokens(text: str) -> list[str]:
+    return TOKEN.findall(text.lower())
+
+
+def bleu(generated: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU-1..4."""
+    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+
+    hypotheses = [tokens(text) for text in generated]
+    refs = [[tokens(text)] for text in references]
+    smooth = SmoothingFunction().method1
+    weights = {1: (1.0,), 2: (0.5, 0.5), 3: (1 / 3,) * 3, 4: (0.25,) * 4}
+    return {
+        f"BLEU-{n}": float(corpus_bleu(refs, hypotheses, weights=w, smoothing_function=smooth))
+        for n, w in weights.items()
+    }
+
+
+def rouge_l(generated: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """ROUGE-L F-measure per report."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return np.array(
+        [
+            scorer.score(ref, gen)["rougeL"].fmeasure
+            for gen, ref in zip(generated, references, strict=True)
+        ]
+    )
+
+
+def meteor(generated: Sequence[str], references: Sequence[str]) -> float | None:
+    """Corpus METEOR through pycocoevalcap, or None when java is not installed."""
+    if shutil.which("java") is None:
+        return None
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    score, _ = Meteor().compute_score(  # its java process ends when the scorer is collected
+        {i: [" ".join(tokens(ref))] for i, ref in enumerate(references)},
+        {i: [" ".join(tokens(gen)) or "empty"] for i, gen in enumerate(generated)},
+    )
+    return float(score)
+
+
+def label_f1(
+    generated: np.ndarray, reference: np.ndarray, n_boot: int, seed: int
+) -> dict[str, Estimate]:
+    """Micro and macro CheXpert-label F1 of positive labels (n, 14), with bootstrap intervals."""
+    gen, ref = generated == 1, reference == 1
+    macro_labels = np.flatnonzero(ref.sum(axis=0) >= MIN_MACRO_POSITIVES)
+
+    def scores(rows: np.ndarray) -> tuple[float, float]:
+        g, r = gen[rows], ref[rows]
+        tp, fp, fn = (g & r).sum(0), (g & ~r).sum(0), (~g & r).sum(0)
+        micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
+        per_label = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+        return float(micro), float(per_label[macro_labels].mean()) if len(macro_labels) else 0.0
+
+    rng = np.random.default_rng(seed)
+    everything = np.arange(len(gen))
+    point = scores(everything)
+    samples = np.array([scores(rng.integers(0, len(gen), len(gen))) for _ in range(n_boot)])
+    low, high = np.percentile(samples, [2.5, 97.5], axis=0)
+    return {
+        name: Estimate(point[i], float(low[i]), float(high[i]), len(gen))
+        for i, name in enumerate(
+            (
+                "CheXpert F1 micro",
+                f"CheXpert F1 macro ({len(macro_labels)} labels)",
+            )
+        )
+    }
+
+
+def evaluate_reports(
+    task: str,
+    items: Sequence[ReportItem],
+    systems: Mapping[str, Generate],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[Row]:
+    """Every metric for every system on `items`."""
+    labeler = default_labeler()
+    references = [item.reference for item in items]
+    reference_labels = labeler.label_many(references)
+    per_system: dict[str, dict[str, Estimate]] = {}
+    for name, generate in systems.items():
+        generated = [generate(**item.query) for item in items]
+        figures = {
+            metric: Estimate(value, value, value, len(items))
+            for metric, value in bleu(generated, references).items()
+        }
+        figures["ROUGE-L"] = bootstrap_mean(rouge_l(generated, references), n_boot, seed)
+        score = meteor(generated, references)
+        if score is not None:
+            figures["METEOR"] = Estimate(score, score, score, len(items))
+        figures.update(label_f1(labeler.label_many(generated), reference_labels, n_boot, seed))
+        per_system[name] = figures
+        logger.info("%s / %s: %s", task, name, {k: round(v.value, 3) for k, v in figures.items()})
+    metrics = list(next(iter(per_system.values())))
+    return [
+        Row(task, metric, {name: figures[metric] for name, figures in per_system.items()})
+        for metric in metrics
+    ]

@@ -1,0 +1,73 @@
+"""Report-quality metrics by hand, and the protocol with a perfect and an empty system."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from medxpert.eval.reports import (
+    ReportItem,
+    bleu,
+    evaluate_reports,
+    label_f1,
+    meteor,
+    rouge_l,
+)
+from medxpert.labels import LABEL_INDEX
+
+REFERENCES = [
+    "Large left pleural effusion. Heart size is normal.",
+    "No acute cardiopulmonary abnormality.",
+    "Cardiomegaly with mild pulmonary edema.",
+    "Small right pneumothorax.",
+]
+
+
+def test_bleu_and_rouge():
+    perfect = bleu(REFERENCES[:3], REFERENCES[:3])
+    assert all(value == pytest.approx(1.0) for value in perfect.values())
+    # NLTK's corpus BLEU-4 counts a 3-token sentence against it even when copied exactly
+    assert bleu(REFERENCES, REFERENCES)["BLEU-4"] == pytest.approx(0.971, abs=1e-3)
+    assert set(perfect) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"}
+    assert bleu(["zebra"] * 4, REFERENCES)["BLEU-1"] < 0.01
+    np.testing.assert_allclose(rouge_l(REFERENCES, REFERENCES), 1.0)
+    half = rouge_l(["large left effusion"], ["large left pleural effusion"])[0]
+    assert half == pytest.approx(2 * 1 * 0.75 / 1.75)  # LCS 3: precision 1, recall 0.75
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR runs java")
+def test_meteor_with_java():
+    assert meteor(REFERENCES, REFERENCES) > 0.95
+    assert meteor(["zebra crossing"] * 4, REFERENCES) < 0.1
+
+
+def test_label_f1_by_hand():
+    reference = np.full((4, 14), np.nan)
+    generated = np.full((4, 14), np.nan)
+    effusion, edema = LABEL_INDEX["Pleural Effusion"], LABEL_INDEX["Edema"]
+    reference[:, effusion] = [1, 1, 0, 1]
+    generated[:, effusion] = [1, 0, 1, 1]  # tp 2, fp 1, fn 1
+    reference[:, edema] = [1, 0, 0, 0]
+    generated[:, edema] = [1, 0, 0, 0]  # tp 1
+    f1 = label_f1(generated, reference, n_boot=50, seed=0)
+    micro = next(v for k, v in f1.items() if "micro" in k)
+    assert micro.value == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    macro_name = next(k for k in f1 if "macro" in k)
+    assert "(0 labels)" in macro_name  # no label has 5 reference positives here
+
+
+def test_a_perfect_system_beats_an_empty_one():
+    items = [ReportItem(str(i), {"i": i}, text) for i, text in enumerate(REFERENCES)]
+    rows = evaluate_reports(
+        "toy", items, {"empty": lambda i: "", "copy": lambda i: REFERENCES[i]}, n_boot=50
+    )
+    by_metric = {row.metric: row.estimates for row in rows}
+    assert by_metric["BLEU-3"]["copy"].value == pytest.approx(1.0)
+    assert by_metric["ROUGE-L"]["copy"].value == pytest.approx(1.0)
+    assert by_metric["ROUGE-L"]["empty"].value == 0
+    assert by_metric["CheXpert F1 micro"]["copy"].value == pytest.approx(1.0)
+    # an empty report is labelled "No Finding" (the CheXpert convention), which matches the
+    # one normal reference: tp 1, fp 3, fn 4 (effusion, cardiomegaly, oedema, pneumothorax)
+    assert by_metric["CheXpert F1 micro"]["empty"].value == pytest.approx(2 / (2 + 3 + 4))
