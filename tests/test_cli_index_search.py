@@ -267,3 +267,12 @@ def test_eval_reports_scores_medxpert_and_the_top1_baseline(built, capsys):
         assert 0 <= row["MedXpert (offline writer)"]["value"] <= 1
         assert 0 <= row["top-1 report"]["value"] <= 1
     assert "| ROUGE-L |" in capsys.readouterr().out
+
+
+def test_eval_context_compares_image_only_with_image_and_note(built, capsys):
+    out = built / "context_metrics"
+    assert main(["eval", "context", "-k", "5", "--bootstrap", "20", "--out", str(out)]) == 0
+    saved = json.loads(out.with_suffix(".json").read_text())
+    precision = next(row for row in saved["rows"] if row["metric"] == "label P@k")
+    assert precision["image only"]["n"] == precision["image + note"]["n"] > 5
+    assert "Clinical context A/B" in capsys.readouterr().out

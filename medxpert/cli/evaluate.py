@@ -56,6 +56,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     reports.set_defaults(run=_run_reports)
 
+    context = kinds.add_parser(
+        "context",
+        help="clinical context A/B: X-rays alone against X-rays + their clinical notes",
+        description="Query every COVID-pack X-ray whose case note has a history part, alone "
+        "and with that history as the clinical note, leaving its own patient out of the "
+        "results: label P@k and per-label AUC of the probabilities, side by side.",
+    )
+    add_artifact_arguments(context)
+    context.add_argument("-k", "--k", type=int, default=10)
+    context.add_argument("--note-weight", type=float, default=None)
+    context.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    context.add_argument(
+        "--out", type=Path, default=None, help="output prefix (default: results/context_metrics)"
+    )
+    context.set_defaults(run=_run_context)
+
 
 def _run_retrieval(args: argparse.Namespace) -> None:
     import torch
@@ -167,6 +183,53 @@ def _run_reports(args: argparse.Namespace) -> None:
             "model": str(args.model or settings.models_dir / settings.encoder),
             "bootstrap": args.bootstrap,
         },
+    )
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _run_context(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from medxpert.cli.index import library_dir
+    from medxpert.data import load_cases
+    from medxpert.eval.context import ContextItem, Retrieved, evaluate_context, history_note
+    from medxpert.eval.results import write_results
+    from medxpert.labels import CHEXPERT_LABELS
+    from medxpert.pipeline import DiagnosisPipeline
+    from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters
+
+    settings = Settings.from_env()
+    pipeline = DiagnosisPipeline.from_artifacts(
+        args.model or settings.models_dir / settings.encoder,
+        library_dir(args.index, settings),
+        device=settings.device,
+        note_weight=args.note_weight if args.note_weight is not None else DEFAULT_NOTE_WEIGHT,
+    )
+    items = []
+    for split in ("train", "val", "test"):
+        for case in load_cases("covid_cxr", split):
+            note = history_note(case.text()) if case.has_image else ""
+            if note:
+                items.append(ContextItem(case.image_path, note, case.patient_id, case.labels))
+
+    def query(image: str, note: str | None, patient: str) -> Retrieved:
+        diagnosis = pipeline.diagnose(
+            image=image, note=note, k=args.k, filters=Filters.of(exclude_patients=[patient])
+        )
+        return Retrieved(
+            np.stack([hit.case.labels for hit in diagnosis.hits]),
+            np.array([diagnosis.probabilities[label] for label in CHEXPERT_LABELS]),
+        )
+
+    conditions = {"image only": False, "image + note": True}
+    rows = evaluate_context(items, conditions, query, n_boot=args.bootstrap)
+    paths = write_results(
+        rows,
+        args.out or settings.results_dir / "context_metrics",
+        list(conditions),
+        title=f"Clinical context A/B ({len(items)} COVID-pack X-rays with a history note)",
+        meta={"k": args.k, "note_weight": pipeline.engine.note_weight, "bootstrap": args.bootstrap},
     )
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
