@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from medxpert.eval.bootstrap import bootstrap_auc, bootstrap_mean
 from medxpert.eval.retrieval import Row
@@ -69,7 +70,7 @@ def evaluate_context(
     results = {
         name: [
             query(item.image_path, item.note if with_note else None, item.patient_id)
-            for item in items
+            for item in tqdm(items, desc=name, unit="query", leave=False)
         ]
         for name, with_note in conditions.items()
     }

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from medxpert.eval.bootstrap import Estimate, bootstrap_mean
 from medxpert.eval.retrieval import Row
@@ -132,7 +133,10 @@ def evaluate_reports(
     reference_labels = labeler.label_many(references)
     per_system: dict[str, dict[str, Estimate]] = {}
     for name, generate in systems.items():
-        generated = [generate(**item.query) for item in items]
+        generated = [
+            generate(**item.query)
+            for item in tqdm(items, desc=f"{name}: {task}", unit="report", leave=False)
+        ]
         figures = {
             metric: Estimate(value, value, value, len(items))
             for metric, value in bleu(generated, references).items()

@@ -12,9 +12,12 @@ from medxpert.atomic import atomic_path, atomic_write_text
 from medxpert.eval.retrieval import Row
 
 
-def beats(row: Row, model: str, others: Sequence[str]) -> bool:
-    """`model`'s interval lies wholly above every other's (non-overlapping 95% intervals)."""
+def beats(row: Row, model: str, others: Sequence[str]) -> bool | None:
+    """`model`'s interval lies wholly above every other's (non-overlapping 95% intervals); None
+    for a point figure without an interval (corpus BLEU, METEOR), where it cannot be said."""
     mine = row.estimates[model]
+    if not mine.low < mine.high:
+        return None
     return all(mine.low > row.estimates[other].high for other in others if other in row.estimates)
 
 
@@ -65,7 +68,7 @@ def markdown_table(rows: Sequence[Row], models: Sequence[str], *, title: str, me
         lines.append(
             f"| {row.task} | {row.metric} | {n} | "
             + " | ".join(cells)
-            + f" | {'yes' if beats(row, best, others) else 'no'} |"
+            + f" | {_verdict(beats(row, best, others))} |"
         )
     lines.append("")
     lines.append(
@@ -136,3 +139,7 @@ def _plot(rows: Sequence[Row], models: Sequence[str], path: Path, title: str) ->
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
+
+
+def _verdict(beat: bool | None) -> str:
+    return "n/a" if beat is None else ("yes" if beat else "no")
