@@ -119,11 +119,11 @@ def _plot(rows: Sequence[Row], models: Sequence[str], path: Path, title: str) ->
                 for row in rows
             ]
         ).T
-        axis.barh(
+        axis.barh(  # an undefined figure (NaN: e.g. an AUC without negatives) draws no bar
             np.arange(len(rows)) + i * height,
-            values,
+            np.nan_to_num(values),
             height=height,
-            xerr=errors,
+            xerr=np.nan_to_num(errors),
             label=model,
             capsize=1.5,
             error_kw={"elinewidth": 0.6},
