@@ -25,10 +25,8 @@ import numpy as np
 from medxpert.caption import Caption, make_captioner
 from medxpert.data.images import ImageSource, open_image
 from medxpert.errors import QueryError
-from medxpert.labels.clinical import icd10_suggestions, triage
 from medxpert.report import ReportContext, StructuredReport, make_writer
 from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters, Hit, SearchEngine
-from medxpert.retrieval.probabilities import label_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +128,8 @@ class DiagnosisPipeline:
             with _timed(timings, "caption"):
                 caption = self.captioner.caption(image, vector=image_vector[0])
         with _timed(timings, "read-outs"):
-            vote = label_probabilities(hits)
-            context = ReportContext(
-                hits=hits,
-                vote=vote,
-                icd10=icd10_suggestions(vote.probabilities, vote.evidence),
-                triage=triage(vote.probabilities),
+            context = ReportContext.from_hits(
+                hits,
                 caption=caption,
                 query_text=text,
                 note=note,
@@ -146,7 +140,7 @@ class DiagnosisPipeline:
             report = self.writer.write(context)
         timings["total"] = round(sum(timings.values()), 2)
         report = report.model_copy(update={"timings_ms": timings})
-        return Diagnosis(report, hits, caption, vote.probabilities, timings)
+        return Diagnosis(report, hits, caption, context.vote.probabilities, timings)
 
 
 def _png(image: ImageSource) -> bytes:

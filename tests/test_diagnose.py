@@ -14,11 +14,9 @@ from medxpert.data import Case
 from medxpert.errors import IndexNotFoundError, InvalidImageError, QueryError
 from medxpert.index import CaseLibrary
 from medxpert.labels import LABEL_INDEX, label_vector
-from medxpert.labels.clinical import icd10_suggestions, triage
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report import OfflineWriter, ReportContext, StructuredReport
 from medxpert.retrieval import Hit, SearchEngine
-from medxpert.retrieval.probabilities import label_probabilities
 from tests.builders import gradient, library_cases, png_bytes, tiny_encoder
 
 EFFUSION = "Heart size is normal. Large left pleural effusion. No pneumothorax."
@@ -38,13 +36,7 @@ def report_hit(case_id: str, score: float, text: str, labels: dict, rank: int) -
 
 
 def context_of(hits: list[Hit]) -> ReportContext:
-    vote = label_probabilities(hits)
-    return ReportContext(
-        hits=hits,
-        vote=vote,
-        icd10=icd10_suggestions(vote.probabilities, vote.evidence),
-        triage=triage(vote.probabilities),
-    )
+    return ReportContext.from_hits(hits)
 
 
 def test_offline_report_states_only_supported_findings_and_cites_them():

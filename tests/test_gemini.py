@@ -16,11 +16,9 @@ import pytest
 
 from medxpert.data import Case
 from medxpert.labels import label_vector
-from medxpert.labels.clinical import icd10_suggestions, triage
 from medxpert.report import GeminiWriter, OfflineWriter, ReportContext
 from medxpert.report.deid import deidentify
 from medxpert.retrieval import Hit
-from medxpert.retrieval.probabilities import label_probabilities
 
 KEY = "test-key-not-a-secret-4711"
 NOTE = "Seen by Dr. Jane Smith on 03/14/2024, MRN 12345678, jane@example.org. Fever, cough."
@@ -114,15 +112,8 @@ def context() -> ReportContext:
         )
         for rank, (case_id, score) in enumerate((("a", 0.9), ("b", 0.85)), start=1)
     ]
-    vote = label_probabilities(hits)
-    return ReportContext(
-        hits=hits,
-        vote=vote,
-        icd10=icd10_suggestions(vote.probabilities, vote.evidence),
-        triage=triage(vote.probabilities),
-        note=NOTE,
-        has_image=True,
-        image_png=b"\x89PNG fake image bytes",
+    return ReportContext.from_hits(
+        hits, note=NOTE, has_image=True, image_png=b"\x89PNG fake image bytes"
     )
 
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from medxpert.caption import Caption
-from medxpert.labels.clinical import ICD10Suggestion, Triage
+from medxpert.labels.clinical import ICD10Suggestion, Triage, icd10_suggestions, triage
 from medxpert.retrieval import Hit
-from medxpert.retrieval.probabilities import LabelVote
+from medxpert.retrieval.probabilities import LabelVote, label_probabilities
 
 
 @dataclass(frozen=True)
@@ -24,3 +24,16 @@ class ReportContext:
     note: str | None = None
     has_image: bool = False
     image_png: bytes | None = None  # the query image, only for a writer the user let send it
+
+    @classmethod
+    def from_hits(cls, hits: Sequence[Hit], **query: object) -> ReportContext:
+        """The vote of `hits`, its ICD-10 suggestions and triage; `query` fills the rest
+        (caption, query_text, note, has_image, image_png)."""
+        vote = label_probabilities(hits)
+        return cls(
+            hits=hits,
+            vote=vote,
+            icd10=icd10_suggestions(vote.probabilities, vote.evidence),
+            triage=triage(vote.probabilities),
+            **query,
+        )

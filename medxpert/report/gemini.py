@@ -24,9 +24,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from medxpert.report.context import ReportContext
 from medxpert.report.deid import deidentify
-from medxpert.report.offline import OfflineWriter
+from medxpert.report.offline import OfflineWriter, cited_cases
 from medxpert.report.schema import DifferentialItem, Statement, StructuredReport
-from medxpert.retrieval.export import snippet
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +104,6 @@ class GeminiWriter:
                 )
             findings.append(Statement(text=statement.text, cited_case_ids=kept))
         cited = {case_id for s in findings for case_id in s.cited_case_ids}
-        cited_cases = [c for c in offline.cited_cases if c.case_id in cited] + _cited_from_hits(
-            context, cited - {c.case_id for c in offline.cited_cases}
-        )
         return offline.model_copy(
             update={
                 "findings": findings,
@@ -120,7 +116,7 @@ class GeminiWriter:
                     )
                     for d in draft.differential
                 ],
-                "cited_cases": cited_cases,
+                "cited_cases": cited_cases(context.hits, cited),
                 "writer": self.name,
                 "model": self.model,
                 "warnings": warnings,
@@ -202,18 +198,3 @@ def prompt(context: ReportContext) -> str:
         ],
     }
     return json.dumps(evidence, ensure_ascii=False)
-
-
-def _cited_from_hits(context: ReportContext, case_ids: set[str]):
-    from medxpert.report.schema import CitedCase
-
-    return [
-        CitedCase(
-            case_id=hit.case.case_id,
-            score=round(hit.score, 4),
-            modality=hit.modality,
-            excerpt=snippet(hit),
-        )
-        for hit in context.hits
-        if hit.case.case_id in case_ids
-    ]

@@ -75,7 +75,9 @@ class OfflineWriter:
             ],
             triage=TriageItem(level=context.triage.level, reason=context.triage.reason),
             caption=context.caption.text if context.caption else None,
-            cited_cases=_cited(context.hits, findings),
+            cited_cases=cited_cases(
+                context.hits, {c for statement in findings for c in statement.cited_case_ids}
+            ),
             writer=self.name,
         )
 
@@ -141,8 +143,8 @@ def _sentence_at(text: str, position: int) -> str:
     return " ".join(text[start:end].split())
 
 
-def _cited(hits, findings: list[Statement]) -> list[CitedCase]:
-    cited = {case_id for statement in findings for case_id in statement.cited_case_ids}
+def cited_cases(hits, case_ids: set[str]) -> list[CitedCase]:
+    """The hits among `case_ids`, in rank order, with score, index and an excerpt."""
     return [
         CitedCase(
             case_id=hit.case.case_id,
@@ -151,7 +153,7 @@ def _cited(hits, findings: list[Statement]) -> list[CitedCase]:
             excerpt=snippet(hit),
         )
         for hit in hits
-        if hit.case.case_id in cited
+        if hit.case.case_id in case_ids
     ]
 
 
