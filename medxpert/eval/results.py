@@ -123,7 +123,7 @@ def _plot(rows: Sequence[Row], models: Sequence[str], path: Path, title: str) ->
             np.arange(len(rows)) + i * height,
             np.nan_to_num(values),
             height=height,
-            xerr=np.nan_to_num(errors),
+            xerr=np.nan_to_num(errors).tolist(),  # an array trips matplotlib with one bar
             label=model,
             capsize=1.5,
             error_kw={"elinewidth": 0.6},
