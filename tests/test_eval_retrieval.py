@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from medxpert.data import Case
 from medxpert.eval.bootstrap import bootstrap_auc, bootstrap_mean, roc_auc
 from medxpert.eval.results import write_results
-from medxpert.eval.retrieval import Embedder, RetrievalSets, balanced_queries, evaluate
+from medxpert.eval.retrieval import Embedder, RetrievalSets, balanced_queries, cached, evaluate
 from medxpert.eval.retrieval_metrics import (
     chance_label_precision,
     class_precision_at_k,
@@ -198,3 +198,16 @@ def test_balanced_queries_take_the_same_number_per_class():
     assert [int((classes == LABEL_INDEX[c]).sum()) for c in CLASSES] == [4] * 5
     chosen_labels = [CHEXPERT_LABELS[int(np.flatnonzero(cases[q].labels == 1)[0])] for q in queries]
     assert [CHEXPERT_LABELS[c] for c in classes] == chosen_labels
+
+
+def test_cached_embeds_only_what_the_cache_lacks():
+    calls = []
+
+    def embed(items):
+        calls.append(list(items))
+        return np.array([[float(len(item)), 0.0] for item in items], dtype=np.float32)
+
+    lookup = cached(embed, {"a": np.array([9.0, 9.0], dtype=np.float32)})
+    np.testing.assert_array_equal(lookup(["a", "bbb", "a"]), [[9, 9], [3, 0], [9, 9]])
+    assert calls == [["bbb"]]
+    assert lookup(["a"]).shape == (1, 2) and calls == [["bbb"]]

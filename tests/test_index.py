@@ -192,3 +192,15 @@ def test_scan_path_follows_changes_and_memory_mapping(tmp_path):
     np.testing.assert_array_equal(mapped.search(query, 5)[1][0], order)
     empty = VectorIndex.build(np.empty((0, 32), np.float32), np.empty(0, np.int64))
     assert empty.search(query, 1)[1].tolist() == [[-1]]
+
+
+def test_image_vectors_by_path_are_the_encoders_and_never_compressed(encoder, tmp_path):
+    cases = library_cases(tmp_path)
+    library = CaseLibrary.build(encoder, cases)
+    vectors = library.image_vectors_by_path()
+    assert len(vectors) == 12
+    path = cases[3].image_path
+    np.testing.assert_allclose(vectors[path], encoder.encode_images([path])[0], rtol=1e-5)
+    compressed = CaseLibrary.build(encoder, cases, image_factory="SQ8")
+    with pytest.raises(IndexFormatError, match="compresses"):
+        compressed.image_vectors_by_path()

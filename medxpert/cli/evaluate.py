@@ -118,29 +118,18 @@ def _run_retrieval(args: argparse.Namespace) -> None:
 
 
 def _library_image_vectors(name: str, encoder, settings: Settings) -> dict:
-    """image path → stored vector of a library built with `encoder` (fingerprint checked)."""
     from medxpert.cli.index import library_dir
-    from medxpert.errors import IndexFormatError
     from medxpert.index import CaseLibrary
 
-    library = CaseLibrary.load(library_dir(name, settings), encoder=encoder)
-    if "images" not in library.indexes:
-        return {}
-    if not library.indexes["images"].stores_exact_vectors:
-        raise IndexFormatError(
-            f"the image index of {name} compresses its vectors "
-            f"({library.indexes['images'].factory}); evaluate without --index."
-        )
-    stored = library.stored_vectors("images")
-    paths = [library.case(row).image_path for row in stored.rows]
-    print(f"taking {len(paths)} image vectors from the case library {name}")
-    return dict(zip(paths, stored.vectors, strict=True))
+    vectors = CaseLibrary.load(library_dir(name, settings), encoder=encoder).image_vectors_by_path()
+    print(f"taking {len(vectors)} image vectors from the case library {name}")
+    return vectors
 
 
 def _run_reports(args: argparse.Namespace) -> None:
     from medxpert.cli.index import library_dir
     from medxpert.data import load_cases
-    from medxpert.eval.reports import ReportItem, evaluate_reports
+    from medxpert.eval.reports import evaluate_reports, report_sets
     from medxpert.eval.results import write_results
     from medxpert.pipeline import DiagnosisPipeline
 
@@ -157,17 +146,7 @@ def _run_reports(args: argparse.Namespace) -> None:
     def top1(**query) -> str:
         return pipeline.engine.search(**query, k=1, target="reports")[0].case.text()
 
-    iu = [c for c in load_cases("iu_xray", "test") if c.text()]
-    iu = list({c.study_id: c for c in iu}.values())[: args.limit]
-    covid = [c for c in load_cases("covid_cxr", "test") if c.has_image and c.text()][: args.limit]
-    sets = {
-        f"IU test reports as text queries (n={len(iu)})": [
-            ReportItem(c.case_id, {"text": c.text()}, c.text()) for c in iu
-        ],
-        f"COVID test X-rays (n={len(covid)})": [
-            ReportItem(c.case_id, {"image": c.image_path}, c.text()) for c in covid
-        ],
-    }
+    sets = report_sets(load_cases("iu_xray", "test"), load_cases("covid_cxr", "test"), args.limit)
     systems = {"top-1 report": top1, "MedXpert (offline writer)": medxpert}
     rows = [
         row
@@ -193,7 +172,7 @@ def _run_context(args: argparse.Namespace) -> None:
 
     from medxpert.cli.index import library_dir
     from medxpert.data import load_cases
-    from medxpert.eval.context import ContextItem, Retrieved, evaluate_context, history_note
+    from medxpert.eval.context import Retrieved, context_items, evaluate_context
     from medxpert.eval.results import write_results
     from medxpert.labels import CHEXPERT_LABELS
     from medxpert.pipeline import DiagnosisPipeline
@@ -206,12 +185,9 @@ def _run_context(args: argparse.Namespace) -> None:
         device=settings.device,
         note_weight=args.note_weight if args.note_weight is not None else DEFAULT_NOTE_WEIGHT,
     )
-    items = []
-    for split in ("train", "val", "test"):
-        for case in load_cases("covid_cxr", split):
-            note = history_note(case.text()) if case.has_image else ""
-            if note:
-                items.append(ContextItem(case.image_path, note, case.patient_id, case.labels))
+    items = context_items(
+        [case for split in ("train", "val", "test") for case in load_cases("covid_cxr", split)]
+    )
 
     def query(image: str, note: str | None, patient: str) -> Retrieved:
         diagnosis = pipeline.diagnose(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from medxpert.data import Case
 from medxpert.eval.bootstrap import bootstrap_auc, bootstrap_mean
 from medxpert.eval.retrieval import Row
 from medxpert.labels import CHEXPERT_LABELS, default_labeler
@@ -52,6 +53,16 @@ class ContextItem:
     note: str
     patient_id: str
     labels: np.ndarray  # the query case's CheXpert-14 vector
+
+
+def context_items(cases: Sequence[Case]) -> list[ContextItem]:
+    """The cases with an image whose case note has a history part, with that part as note."""
+    items = []
+    for case in cases:
+        note = history_note(case.text()) if case.has_image else ""
+        if note:
+            items.append(ContextItem(case.image_path, note, case.patient_id, case.labels))
+    return items
 
 
 def evaluate_context(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from medxpert.data import Case
 from medxpert.eval.bootstrap import Estimate, bootstrap_mean
 from medxpert.eval.retrieval import Row
 from medxpert.labels import default_labeler
@@ -153,3 +154,20 @@ def evaluate_reports(
         Row(task, metric, {name: figures[metric] for name, figures in per_system.items()})
         for metric in metrics
     ]
+
+
+def report_sets(
+    iu_test: Sequence[Case], covid_test: Sequence[Case], limit: int | None = None
+) -> dict[str, list[ReportItem]]:
+    """The two held-out sets: IU test reports as text queries (one per study) and the COVID
+    pack's test X-rays, each with its own report as the reference; at most `limit` each."""
+    iu = list({c.study_id: c for c in iu_test if c.text()}.values())[:limit]
+    covid = [c for c in covid_test if c.has_image and c.text()][:limit]
+    return {
+        f"IU test reports as text queries (n={len(iu)})": [
+            ReportItem(c.case_id, {"text": c.text()}, c.text()) for c in iu
+        ],
+        f"COVID test X-rays (n={len(covid)})": [
+            ReportItem(c.case_id, {"image": c.image_path}, c.text()) for c in covid
+        ],
+    }

@@ -144,6 +144,21 @@ class CaseLibrary:
         rows = index.ids()
         return Embeddings(rows, index.reconstruct(rows))
 
+    def image_vectors_by_path(self) -> dict[str, np.ndarray]:
+        """image path → its stored vector, to stand in for the encoder's own (the vectors are
+        the ones it made: refused when the index compresses them)."""
+        if "images" not in self.indexes:
+            return {}
+        index = self.indexes["images"]
+        if not index.stores_exact_vectors:
+            raise IndexFormatError(
+                f"the image index compresses its vectors ({index.factory}); they cannot stand "
+                "in for the encoder's."
+            )
+        stored = self.stored_vectors("images")
+        paths = [self.case(row).image_path for row in stored.rows]
+        return dict(zip(paths, stored.vectors, strict=True))
+
     def count(self, modality: str) -> int:
         return len(self.indexes[modality]) if modality in self.indexes else 0
 
