@@ -11,6 +11,8 @@
 #   ./dev.sh search       sample searches: top-K tables, CSV and PNG grids (results/inference_plots)
 #   ./dev.sh diagnose     structured reports for sample test X-rays and a text (results/reports)
 #   ./dev.sh labels       report-labeler agreement with IU MeSH tags (benchmarks/)
+#   ./dev.sh app          the Streamlit search-and-report UI on http://127.0.0.1:8501
+#   ./dev.sh serve        the REST API on http://127.0.0.1:8000 (OpenAPI docs at /docs)
 #   ./dev.sh help         this text
 #
 # Every step is idempotent and printed; any failure stops the script with a non-zero status.
@@ -65,8 +67,25 @@ offline_env() {
   export HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
 }
 
+ensure_browser() {
+  # The browser test drives Debian's chromium through chromedriver; install them when missing.
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    return 0
+  fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    step "Installing Debian's chromium and chromium-driver for the browser test"
+    $sudo apt-get install -y -qq chromium chromium-driver >/dev/null ||
+      { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium chromium-driver >/dev/null; }
+  else
+    step "chromium / chromedriver not found and apt-get unusable: the browser test will skip"
+  fi
+}
+
 run_tests() {
   offline_env
+  ensure_browser
   step "ruff check"
   "$VENV/bin/ruff" check .
   step "pytest"
@@ -160,6 +179,22 @@ print(next(c.image_path for c in load_cases("covid_cxr", "test") if c.has_image)
     --json results/reports/text_query.json --markdown
 }
 
+run_app() {
+  offline_env
+  ensure_index
+  local port="${MEDXPERT_APP_PORT:-8501}"
+  step "Streamlit UI on http://127.0.0.1:$port (Ctrl-C stops it)"
+  "$VENV/bin/streamlit" run app/app.py --server.address 127.0.0.1 --server.port "$port" \
+    --server.headless true --browser.gatherUsageStats false
+}
+
+run_serve() {
+  offline_env
+  ensure_index
+  step "REST API on http://127.0.0.1:${MEDXPERT_API_PORT:-8000} (docs at /docs; Ctrl-C stops it)"
+  "$VENV/bin/medxpert" serve --host 127.0.0.1 --port "${MEDXPERT_API_PORT:-8000}" "$@"
+}
+
 main_job() {
   run_data
   if [ -f models/medxpert-default/medxpert.json ]; then
@@ -174,7 +209,7 @@ main_job() {
   step "Main job finished; results are under results/"
 }
 
-usage() { sed -n "2,16p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,18p" "$0" | sed 's/^# \{0,1\}//'; }
 
 command="${1:-all}"
 [ $# -gt 0 ] && shift
@@ -189,6 +224,8 @@ case "$command" in
   search) setup; run_search ;;
   diagnose) setup; run_diagnose ;;
   labels) setup; run_labels ;;
+  app)    setup; run_app ;;
+  serve)  setup; run_serve "$@" ;;
   help|-h|--help) usage ;;
   *) usage; fail "unknown command '$command'" ;;
 esac

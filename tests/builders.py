@@ -383,3 +383,32 @@ def tiny_blip(directory: Path) -> Path:
     BlipForConditionalGeneration(config).save_pretrained(str(directory))
     processor.save_pretrained(str(directory))
     return directory
+
+
+def tiny_workspace(root: Path, shared: dict[str, Path]) -> dict[str, str]:
+    """A complete MedXpert workspace under `root` for app and API tests: miniature data packs,
+    a tiny saved model at models/medxpert-default and its case library (train + val) at
+    indexes/medxpert-default. Returns the MEDXPERT_* environment variables that point at it."""
+    from medxpert.config import Settings
+    from medxpert.data import load_cases
+    from medxpert.index import CaseLibrary, embed_cases
+
+    data = mini_packs(root / "data", shared, {"train": 24, "val": 8, "test": 12})
+    environment = {
+        "MEDXPERT_DATA_DIR": str(data),
+        "MEDXPERT_MODELS_DIR": str(root / "models"),
+        "MEDXPERT_INDEXES_DIR": str(root / "indexes"),
+        "MEDXPERT_RESULTS_DIR": str(root / "results"),
+        "MEDXPERT_CACHE_DIR": str(root / "cache"),
+    }
+    settings = Settings.from_env(environment)
+    encoder = tiny_encoder(root)
+    encoder.save(settings.models_dir / "medxpert-default")
+    cases = [
+        case
+        for source in ("nih_cxr14", "iu_xray", "covid_cxr")
+        for case in load_cases(source, ["train", "val"], settings=settings)
+    ]
+    library = CaseLibrary.from_embeddings(encoder, cases, embed_cases(encoder, cases))
+    library.save(settings.indexes_dir / "medxpert-default")
+    return environment
