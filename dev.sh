@@ -7,7 +7,7 @@
 #   ./dev.sh data         summary of the shared data packs (results/data_summary.json)
 #   ./dev.sh train        fine-tune the offline default encoder (models/medxpert-default)
 #   ./dev.sh index        embed train+val cases into the case library (indexes/medxpert-default)
-#   ./dev.sh eval         retrieval, report-quality and clinical-context metrics (results/)
+#   ./dev.sh eval         retrieval, blend-weight, report-quality and clinical-context metrics
 #   ./dev.sh search       sample searches: top-K tables, CSV and PNG grids (results/inference_plots)
 #   ./dev.sh diagnose     structured reports for sample test X-rays and a text (results/reports)
 #   ./dev.sh labels       report-labeler agreement with IU MeSH tags (benchmarks/)
@@ -139,6 +139,8 @@ run_eval() {
   ensure_index
   step "Retrieval evaluation on the test split -> results/retrieval_metrics.{json,csv,md,png}"
   "$VENV/bin/medxpert" eval retrieval --model models/medxpert-default --index medxpert-default
+  step "Zero-shot blend weight, chosen on val, measured on test -> indexes/medxpert-default/blend.json, results/blend_metrics.*"
+  "$VENV/bin/medxpert" eval blend
   step "Report quality against a top-1-report baseline -> results/report_metrics.{json,csv,md,png}"
   "$VENV/bin/medxpert" eval reports
   step "Clinical context A/B, X-ray alone vs X-ray + note -> results/context_metrics.{json,csv,md,png}"

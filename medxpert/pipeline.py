@@ -6,7 +6,8 @@
     print(diagnosis.report.to_markdown())
 
 Stages: encode the query (image, text, or image + note) → search the case library → caption
-the image → pathology probabilities (the similarity-weighted vote of the retrieved cases),
+the image → pathology probabilities (the similarity-weighted vote of the retrieved cases, blended
+with the captioner's zero-shot probabilities at the weight chosen on the validation split),
 ICD-10 suggestions and triage → the structured report.
 """
 
@@ -27,6 +28,7 @@ from medxpert.data.images import ImageSource, open_image
 from medxpert.errors import QueryError
 from medxpert.report import ReportContext, StructuredReport, make_writer
 from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters, Hit, SearchEngine
+from medxpert.retrieval.probabilities import read_blend_weight
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +42,14 @@ class Diagnosis:
     caption: Caption | None
     probabilities: dict[str, float]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    zero_shot_weight: float = 0.0  # the probabilities' blend with the caption (0: vote alone)
 
     def to_dict(self) -> dict:
         """JSON-ready: the report (with timings) and the ranked hits."""
         return {
             "report": self.report.model_dump(),
             "probabilities": self.probabilities,
+            "zero_shot_weight": self.zero_shot_weight,
             "hits": [
                 {
                     "rank": hit.rank,
@@ -63,8 +67,11 @@ class Diagnosis:
 class DiagnosisPipeline:
     """Search engine + captioner + report writer."""
 
-    def __init__(self, engine: SearchEngine, captioner, writer, *, k: int = 10) -> None:
+    def __init__(
+        self, engine: SearchEngine, captioner, writer, *, k: int = 10, zero_shot_weight: float = 0.0
+    ) -> None:
         self.engine, self.captioner, self.writer, self.k = engine, captioner, writer, k
+        self.zero_shot_weight = zero_shot_weight
 
     @classmethod
     def from_artifacts(
@@ -79,9 +86,12 @@ class DiagnosisPipeline:
         k: int = 10,
         writer_options: dict | None = None,
         blip_source: str | Path | None = None,
+        zero_shot_weight: float | None = None,
     ) -> DiagnosisPipeline:
         """`writer_options` go to the writer, e.g. ``{"model": "gemini-2.5-pro"}`` or
-        ``{"send_image": True}`` (the user's explicit consent to send the image)."""
+        ``{"send_image": True}`` (the user's explicit consent to send the image).
+        `zero_shot_weight` None takes the weight saved next to the index by `medxpert eval
+        blend` (0, the vote alone, when there is none)."""
         engine = SearchEngine.from_artifacts(
             model_dir, index_dir, device=device, note_weight=note_weight
         )
@@ -93,7 +103,15 @@ class DiagnosisPipeline:
             labels = np.stack([engine.library.case(row).labels for row in stored.rows])
             used = captioner_.calibrate(stored.vectors, labels)
             logger.info("caption calibrated on the library's images: %s", used)
-        return cls(engine, captioner_, make_writer(writer, **(writer_options or {})), k=k)
+        if zero_shot_weight is None:
+            zero_shot_weight = read_blend_weight(index_dir, engine.encoder.fingerprint())
+        return cls(
+            engine,
+            captioner_,
+            make_writer(writer, **(writer_options or {})),
+            k=k,
+            zero_shot_weight=zero_shot_weight,
+        )
 
     @property
     def _may_send_image(self) -> bool:
@@ -130,6 +148,7 @@ class DiagnosisPipeline:
         with _timed(timings, "read-outs"):
             context = ReportContext.from_hits(
                 hits,
+                zero_shot_weight=self.zero_shot_weight,
                 caption=caption,
                 query_text=text,
                 note=note,
@@ -140,7 +159,14 @@ class DiagnosisPipeline:
             report = self.writer.write(context)
         timings["total"] = round(sum(timings.values()), 2)
         report = report.model_copy(update={"timings_ms": timings})
-        return Diagnosis(report, hits, caption, context.vote.probabilities, timings)
+        return Diagnosis(
+            report,
+            hits,
+            caption,
+            context.vote.probabilities,
+            timings,
+            context.vote.zero_shot_weight,
+        )
 
 
 def _png(image: ImageSource) -> bytes:

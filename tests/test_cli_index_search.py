@@ -276,3 +276,34 @@ def test_eval_context_compares_image_only_with_image_and_note(built, capsys):
     precision = next(row for row in saved["rows"] if row["metric"] == "label P@k")
     assert precision["image only"]["n"] == precision["image + note"]["n"] > 5
     assert "Clinical context A/B" in capsys.readouterr().out
+
+
+def test_eval_blend_chooses_on_val_saves_the_weight_and_diagnose_uses_it(
+    built, capsys, monkeypatch
+):
+    import medxpert.eval.blend
+    from medxpert.pipeline import DiagnosisPipeline
+
+    out = built / "blend_metrics"
+    assert main(["eval", "blend", "--bootstrap", "20", "--out", str(out)]) == 2
+    assert "enough positives and negatives" in capsys.readouterr().err  # 8 val X-rays a pack
+    monkeypatch.setattr(medxpert.eval.blend, "MIN_AUC_POSITIVES", 1)
+    index = built / "indexes" / "medxpert-default"
+    try:
+        assert main(["eval", "blend", "-k", "5", "--bootstrap", "20", "--out", str(out)]) == 0
+        saved = json.loads(out.with_suffix(".json").read_text())
+        weight = saved["zero_shot_weight"]
+        brier = saved["validation Brier score by weight (chooses)"]
+        assert brier[str(weight)] == min(brier.values())
+        systems = {
+            key for key in saved["rows"][0] if key.startswith(("vote", "zero-shot", "blend"))
+        }
+        assert systems >= {"vote (w=0)", "zero-shot (w=1)", f"blend (w={weight:g})"}
+        assert out.with_name("blend_metrics_weight.png").stat().st_size > 0
+        chosen = json.loads((index / "blend.json").read_text())
+        assert chosen["zero_shot_weight"] == weight and chosen["chosen_on"] == "val"
+        pipeline = DiagnosisPipeline.from_artifacts(built / "models" / "medxpert-default", index)
+        assert pipeline.zero_shot_weight == weight
+        assert f"saved the weight {weight:g}" in capsys.readouterr().out
+    finally:
+        (index / "blend.json").unlink(missing_ok=True)  # the other tests use the vote alone

@@ -72,6 +72,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     context.set_defaults(run=_run_context)
 
+    blend = kinds.add_parser(
+        "blend",
+        help="choose the zero-shot blend weight on val, measure it on test, save it",
+        description="Blend the retrieved cases' label vote with the label captioner's zero-shot "
+        "probabilities: choose the weight with the lowest Brier score on the validation X-rays, "
+        "save it next to the index (blend.json, read by diagnose), and compare vote, zero-shot "
+        "and blend on the test X-rays.",
+    )
+    add_artifact_arguments(blend)
+    blend.add_argument("-k", "--k", type=int, default=10)
+    blend.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    blend.add_argument(
+        "--out", type=Path, default=None, help="output prefix (default: results/blend_metrics)"
+    )
+    blend.set_defaults(run=_run_blend)
+
 
 def _run_retrieval(args: argparse.Namespace) -> None:
     import torch
@@ -208,4 +224,98 @@ def _run_context(args: argparse.Namespace) -> None:
         meta={"k": args.k, "note_weight": pipeline.engine.note_weight, "bootstrap": args.bootstrap},
     )
     print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _run_blend(args: argparse.Namespace) -> None:
+    from medxpert.caption.labels import LabelCaptioner
+    from medxpert.cli.index import library_dir
+    from medxpert.data import load_cases
+    from medxpert.eval.blend import (
+        BlendQuery,
+        choose_weight,
+        collect,
+        evaluate_blend,
+        library_queries,
+        train_calibrated,
+    )
+    from medxpert.errors import DataNotFoundError
+    from medxpert.eval.plots import weight_curve
+    from medxpert.eval.results import write_results
+    from medxpert.pipeline import DiagnosisPipeline
+    from medxpert.retrieval import Filters
+    from medxpert.retrieval.probabilities import write_blend_weight
+
+    settings = Settings.from_env()
+    index_dir = library_dir(args.index, settings)
+    pipeline = DiagnosisPipeline.from_artifacts(
+        args.model or settings.models_dir / settings.encoder,
+        index_dir,
+        device=settings.device,
+        zero_shot_weight=0.0,
+    )
+    engine, encoder = pipeline.engine, pipeline.engine.encoder
+
+    def search(vector, patient: str):
+        leave_out = Filters.of(exclude_patients=[patient])
+        return engine.search_vectors(vector[None, :], k=args.k, filters=leave_out)[0]
+
+    val_captioner = train_calibrated(LabelCaptioner(encoder), engine.library)
+    val = collect(
+        library_queries(engine.library, "val"),
+        search,
+        lambda vector: val_captioner.probabilities(vector=vector),
+    )
+    weight, table = choose_weight(val)
+    if not table:
+        raise DataNotFoundError(
+            f"none of the {len(val.truth)} validation X-rays' labels that the captioner scores "
+            "has enough positives and negatives to choose a blend weight on; add labelled "
+            "validation X-rays."
+        )
+    labels = val.labels()
+    val_brier = {w: round(scores["Brier"], 4) for w, scores in table.items()}
+    val_auc = {w: round(scores["macro AUC"], 4) for w, scores in table.items()}
+    print(f"validation Brier score by weight ({len(val.truth)} X-rays): {val_brier}")
+    print(f"validation macro AUC by weight: {val_auc}")
+    test_cases = [
+        case
+        for source in ("nih_cxr14", "covid_cxr")
+        for case in load_cases(source, "test")
+        if case.has_image
+    ]
+    vectors = encoder.encode_images([case.image_path for case in test_cases])
+    test = collect(
+        [BlendQuery(v, c.patient_id, c.labels) for v, c in zip(vectors, test_cases, strict=True)],
+        search,
+        lambda vector: pipeline.captioner.probabilities(vector=vector),
+    )
+    systems, rows = evaluate_blend(test, weight, labels, task="test X-rays", n_boot=args.bootstrap)
+    prefix = args.out or settings.results_dir / "blend_metrics"
+    meta = {
+        "k": args.k,
+        "chosen on": f"{len(val.truth)} validation X-rays (captioner calibrated on train)",
+        "validation Brier score by weight (chooses)": val_brier,
+        "validation macro AUC by weight": val_auc,
+        "zero_shot_weight": weight,
+        "bootstrap": args.bootstrap,
+    }
+    paths = write_results(rows, prefix, systems, title="Zero-shot blend, test split", meta=meta)
+    paths["curve"] = weight_curve(
+        val_brier,
+        weight,
+        Path(prefix).with_name(Path(prefix).name + "_weight.png"),
+        title="Choosing the blend weight (validation)",
+        ylabel="Brier score (lower is better)",
+    )
+    saved = write_blend_weight(
+        index_dir,
+        weight,
+        encoder.fingerprint(),
+        chosen_on="val",
+        validation_brier={str(w): value for w, value in val_brier.items()},
+        k=args.k,
+    )
+    print(paths["md"].read_text())
+    print(f"saved the weight {weight:g} to {saved}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -101,3 +101,27 @@ def training_curves(log_path: str | Path, path: str | Path) -> Path:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
     return Path(path)
+
+
+def weight_curve(
+    table: Mapping[float, float], chosen: float, path: str | Path, *, title: str, ylabel: str
+) -> Path:
+    """A metric against a weight, with the chosen weight marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    weights = sorted(table)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(weights, [table[w] for w in weights], marker="o")
+    axis.axvline(chosen, color="tab:red", linestyle="--", label=f"chosen w = {chosen:g}")
+    axis.set_xlabel("zero-shot weight w")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+    return Path(path)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from medxpert.caption import Caption
 from medxpert.labels.clinical import ICD10Suggestion, Triage, icd10_suggestions, triage
 from medxpert.retrieval import Hit
-from medxpert.retrieval.probabilities import LabelVote, label_probabilities
+from medxpert.retrieval.probabilities import LabelVote, blend, label_probabilities
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,16 @@ class ReportContext:
     image_png: bytes | None = None  # the query image, only for a writer the user let send it
 
     @classmethod
-    def from_hits(cls, hits: Sequence[Hit], **query: object) -> ReportContext:
-        """The vote of `hits`, its ICD-10 suggestions and triage; `query` fills the rest
-        (caption, query_text, note, has_image, image_png)."""
+    def from_hits(
+        cls, hits: Sequence[Hit], *, zero_shot_weight: float = 0.0, **query: object
+    ) -> ReportContext:
+        """The vote of `hits` (blended at `zero_shot_weight` with the caption's zero-shot
+        probabilities, when the caption has them), its ICD-10 suggestions and triage; `query`
+        fills the rest (caption, query_text, note, has_image, image_png)."""
         vote = label_probabilities(hits)
+        caption = query.get("caption")
+        if isinstance(caption, Caption) and caption.probabilities:
+            vote = blend(vote, caption.probabilities, zero_shot_weight)
         return cls(
             hits=hits,
             vote=vote,

@@ -1,0 +1,170 @@
+"""The zero-shot blend weight: chosen on the validation split, measured on the test split.
+
+Per query X-ray: the similarity-weighted vote of its k retrieved cases (its own patient left
+out) and the label captioner's calibrated zero-shot probabilities. The weight w of
+p = (1 − w) · vote + w · zero-shot is the one with the lowest Brier score on the validation
+X-rays, over the labels the captioner scores that have ≥ `MIN_AUC_POSITIVES` positives and some
+negatives there (ties go to the smaller w). For validation the captioner is calibrated on the
+library's train images only, so no validation label is used twice. On test, the vote alone, the
+zero-shot scores alone and the chosen blend are compared side by side with 95% intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from medxpert.caption.labels import LabelCaptioner
+from medxpert.eval.bootstrap import bootstrap_auc, bootstrap_mean, roc_auc
+from medxpert.eval.context import MIN_AUC_POSITIVES
+from medxpert.eval.retrieval import Row
+from medxpert.index import CaseLibrary
+from medxpert.labels import CHEXPERT_LABELS
+from medxpert.retrieval import Hit
+from medxpert.retrieval.probabilities import label_probabilities
+
+WEIGHTS = tuple(round(float(w), 2) for w in np.linspace(0.0, 1.0, 11))
+
+
+@dataclass(frozen=True)
+class BlendQuery:
+    """One labelled query X-ray: its vector, its patient and its CheXpert-14 labels."""
+
+    vector: np.ndarray
+    patient_id: str
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class BlendInputs:
+    """Per query (rows) and CheXpert-14 label (columns): the vote, the zero-shot probability
+    (NaN where the captioner gives none) and the truth (1 / 0 / NaN)."""
+
+    votes: np.ndarray
+    zero_shot: np.ndarray
+    truth: np.ndarray
+
+    def blended(self, weight: float) -> np.ndarray:
+        mix = (1.0 - weight) * self.votes + weight * np.nan_to_num(self.zero_shot)
+        return np.where(np.isnan(self.zero_shot), self.votes, mix)
+
+    def labels(self) -> list[int]:
+        """Columns the blend changes with enough positives and some negatives to score."""
+        scored = ~np.isnan(self.zero_shot).all(axis=0)
+        positives = np.sum(self.truth == 1, axis=0)
+        negatives = np.sum(self.truth == 0, axis=0)
+        return [
+            j
+            for j in range(len(CHEXPERT_LABELS))
+            if scored[j] and positives[j] >= MIN_AUC_POSITIVES and negatives[j] > 0
+        ]
+
+
+# (query vector, patient to leave out) → the retrieved cases
+Search = Callable[[np.ndarray, str], Sequence[Hit]]
+ZeroShot = Callable[[np.ndarray], dict[str, float]]
+
+
+def collect(queries: Sequence[BlendQuery], search: Search, zero_shot: ZeroShot) -> BlendInputs:
+    """The vote and the zero-shot probabilities of every query."""
+    votes, scores = [], []
+    for query in tqdm(queries, desc="blend queries", unit="query", leave=False):
+        vote = label_probabilities(search(query.vector, query.patient_id)).probabilities
+        votes.append([vote[label] for label in CHEXPERT_LABELS])
+        probabilities = zero_shot(query.vector)
+        scores.append([probabilities.get(label, np.nan) for label in CHEXPERT_LABELS])
+    truth = np.stack([query.labels for query in queries]).astype(np.float64)
+    truth[(truth != 1) & (truth != 0)] = np.nan
+    return BlendInputs(np.array(votes), np.array(scores, dtype=np.float64), truth)
+
+
+def macro_auc(truth: np.ndarray, scores: np.ndarray, labels: Sequence[int]) -> float:
+    values = []
+    for j in labels:
+        known = ~np.isnan(truth[:, j])
+        values.append(roc_auc(truth[known, j] == 1, scores[known, j]))
+    return float(np.nanmean(values))
+
+
+def brier_per_query(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Mean squared error of `scores` against the known labels of each query that has one."""
+    known = ~np.isnan(truth)
+    rows = known.any(axis=1)
+    squared = np.where(known, (scores - np.nan_to_num(truth)) ** 2, 0.0)
+    return squared[rows].sum(axis=1) / known[rows].sum(axis=1)
+
+
+def choose_weight(
+    inputs: BlendInputs, weights: Iterable[float] = WEIGHTS
+) -> tuple[float, dict[float, dict[str, float]]]:
+    """The weight with the lowest Brier score on `inputs` (the smaller on a tie), and the Brier
+    score and macro AUC of every weight tried. The probabilities are shown to users and
+    thresholded (ICD-10, triage), so they are chosen by a proper scoring rule, which rewards
+    calibration as well as ranking."""
+    labels = inputs.labels()
+    if not labels:
+        return 0.0, {}
+    truth = inputs.truth[:, labels]
+    table = {
+        w: {
+            "Brier": float(brier_per_query(truth, inputs.blended(w)[:, labels]).mean()),
+            "macro AUC": macro_auc(inputs.truth, inputs.blended(w), labels),
+        }
+        for w in weights
+    }
+    best = min(scores["Brier"] for scores in table.values())
+    return min(w for w, scores in table.items() if scores["Brier"] <= best + 1e-12), table
+
+
+def evaluate_blend(
+    inputs: BlendInputs,
+    weight: float,
+    labels: Sequence[int],
+    *,
+    task: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[list[str], list[Row]]:
+    """Vote alone, zero-shot alone and the blend at `weight` on `labels`: AUC per label, macro
+    AUC and the Brier score (lower is better), each with a 95% interval."""
+    systems = {"vote (w=0)": 0.0, "zero-shot (w=1)": 1.0, f"blend (w={weight:g})": weight}
+    truth = inputs.truth[:, labels]
+    aucs, briers = {}, {}
+    for name, w in systems.items():
+        scores = inputs.blended(w)[:, labels]
+        aucs[name] = bootstrap_auc(truth, scores, n_boot, seed)
+        briers[name] = bootstrap_mean(brier_per_query(truth, scores), n_boot, seed)
+    rows = [
+        Row(
+            task,
+            f"AUC {CHEXPERT_LABELS[j]} (n+={int(np.sum(truth[:, i] == 1))})",
+            {name: auc[0][i] for name, auc in aucs.items()},
+        )
+        for i, j in enumerate(labels)
+    ]
+    rows.append(Row(task, f"AUC macro ({len(labels)} labels)", {n: a[1] for n, a in aucs.items()}))
+    rows.append(Row(task, "Brier score (lower is better)", briers))
+    return list(systems), rows
+
+
+def library_queries(library: CaseLibrary, split: str) -> list[BlendQuery]:
+    """The library's `split` X-rays as queries, with their stored vectors."""
+    stored = library.stored_vectors("images")
+    queries = []
+    for row, vector in zip(stored.rows, stored.vectors, strict=True):
+        case = library.case(int(row))
+        if case.split == split:
+            queries.append(BlendQuery(vector, case.patient_id, np.asarray(case.labels)))
+    return queries
+
+
+def train_calibrated(captioner: LabelCaptioner, library: CaseLibrary) -> LabelCaptioner:
+    """`captioner` calibrated on the library's train X-rays only (for choosing on val)."""
+    stored = library.stored_vectors("images")
+    train = [i for i, row in enumerate(stored.rows) if library.case(int(row)).split == "train"]
+    labels = np.stack([library.case(int(stored.rows[i])).labels for i in train])
+    captioner.calibrate(stored.vectors[train], labels)
+    return captioner
