@@ -82,6 +82,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     add_artifact_arguments(blend)
     blend.add_argument("-k", "--k", type=int, default=10)
+    blend.add_argument(
+        "--target",
+        choices=("reports", "images", "both"),
+        default="both",
+        help="what the queries retrieve (default both, as diagnose does)",
+    )
     blend.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     blend.add_argument(
         "--out", type=Path, default=None, help="output prefix (default: results/blend_metrics)"
@@ -231,6 +237,7 @@ def _run_blend(args: argparse.Namespace) -> None:
     from medxpert.caption.labels import LabelCaptioner
     from medxpert.cli.index import library_dir
     from medxpert.data import load_cases
+    from medxpert.errors import DataNotFoundError
     from medxpert.eval.blend import (
         BlendQuery,
         choose_weight,
@@ -239,7 +246,6 @@ def _run_blend(args: argparse.Namespace) -> None:
         library_queries,
         train_calibrated,
     )
-    from medxpert.errors import DataNotFoundError
     from medxpert.eval.plots import weight_curve
     from medxpert.eval.results import write_results
     from medxpert.pipeline import DiagnosisPipeline
@@ -258,7 +264,9 @@ def _run_blend(args: argparse.Namespace) -> None:
 
     def search(vector, patient: str):
         leave_out = Filters.of(exclude_patients=[patient])
-        return engine.search_vectors(vector[None, :], k=args.k, filters=leave_out)[0]
+        return engine.search_vectors(vector[None], k=args.k, target=args.target, filters=leave_out)[
+            0
+        ]
 
     val_captioner = train_calibrated(LabelCaptioner(encoder), engine.library)
     val = collect(
@@ -294,6 +302,7 @@ def _run_blend(args: argparse.Namespace) -> None:
     prefix = args.out or settings.results_dir / "blend_metrics"
     meta = {
         "k": args.k,
+        "target": args.target,
         "chosen on": f"{len(val.truth)} validation X-rays (captioner calibrated on train)",
         "validation Brier score by weight (chooses)": val_brier,
         "validation macro AUC by weight": val_auc,
@@ -315,6 +324,7 @@ def _run_blend(args: argparse.Namespace) -> None:
         chosen_on="val",
         validation_brier={str(w): value for w, value in val_brier.items()},
         k=args.k,
+        target=args.target,
     )
     print(paths["md"].read_text())
     print(f"saved the weight {weight:g} to {saved}")
