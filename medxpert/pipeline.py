@@ -99,9 +99,8 @@ class DiagnosisPipeline:
             captioner, engine.encoder, blip_source=blip_source, models_dir=Path(model_dir).parent
         )
         if hasattr(captioner_, "calibrate") and "images" in engine.library.indexes:
-            stored = engine.library.stored_vectors("images")
-            labels = np.stack([engine.library.case(row).labels for row in stored.rows])
-            used = captioner_.calibrate(stored.vectors, labels)
+            vectors, cases = engine.library.image_vectors()
+            used = captioner_.calibrate(vectors, np.stack([case.labels for case in cases]))
             logger.info("caption calibrated on the library's images: %s", used)
         if zero_shot_weight is None:
             zero_shot_weight = read_blend_weight(index_dir, engine.encoder.fingerprint())

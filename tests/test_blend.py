@@ -143,3 +143,15 @@ def test_from_artifacts_reads_the_saved_weight(parts):
     assert DiagnosisPipeline.from_artifacts(model_dir, index_dir).zero_shot_weight == 0.3
     explicit = DiagnosisPipeline.from_artifacts(model_dir, index_dir, zero_shot_weight=0.0)
     assert explicit.zero_shot_weight == 0.0
+
+
+def test_library_image_vectors_by_split(parts):
+    library = parts[2]
+    vectors, cases = library.image_vectors()
+    assert len(cases) == 12 and vectors.shape == (12, 16)
+    train_vectors, train_cases = library.image_vectors(["train"])
+    assert {case.split for case in train_cases} == {"train"} and len(train_cases) == 8
+    by_path = library.image_vectors_by_path()
+    for vector, case in zip(train_vectors, train_cases, strict=True):
+        np.testing.assert_array_equal(vector, by_path[case.image_path])
+    assert library.image_vectors(["val"])[0].shape[0] == 0

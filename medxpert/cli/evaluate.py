@@ -234,23 +234,18 @@ def _run_context(args: argparse.Namespace) -> None:
 
 
 def _run_blend(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from medxpert.caption.labels import LabelCaptioner
     from medxpert.cli.index import library_dir
     from medxpert.data import load_cases
     from medxpert.errors import DataNotFoundError
-    from medxpert.eval.blend import (
-        BlendQuery,
-        choose_weight,
-        collect,
-        evaluate_blend,
-        library_queries,
-        train_calibrated,
-    )
+    from medxpert.eval.blend import BlendQuery, choose_weight, collect, evaluate_blend
     from medxpert.eval.plots import weight_curve
     from medxpert.eval.results import write_results
     from medxpert.pipeline import DiagnosisPipeline
     from medxpert.retrieval import Filters
-    from medxpert.retrieval.probabilities import write_blend_weight
+    from medxpert.retrieval.probabilities import label_probabilities, write_blend_weight
 
     settings = Settings.from_env()
     index_dir = library_dir(args.index, settings)
@@ -262,16 +257,21 @@ def _run_blend(args: argparse.Namespace) -> None:
     )
     engine, encoder = pipeline.engine, pipeline.engine.encoder
 
-    def search(vector, patient: str):
+    def vote(vector, patient: str) -> dict[str, float]:
         leave_out = Filters.of(exclude_patients=[patient])
-        return engine.search_vectors(vector[None], k=args.k, target=args.target, filters=leave_out)[
-            0
-        ]
+        hits = engine.search_vectors(vector[None], k=args.k, target=args.target, filters=leave_out)
+        return label_probabilities(hits[0]).probabilities
 
-    val_captioner = train_calibrated(LabelCaptioner(encoder), engine.library)
+    def queries(vectors, cases) -> list[BlendQuery]:
+        return [BlendQuery(v, c.patient_id, c.labels) for v, c in zip(vectors, cases, strict=True)]
+
+    # for choosing on val, the captioner is calibrated on the train X-rays only
+    val_captioner = LabelCaptioner(encoder)
+    train_vectors, train_cases = engine.library.image_vectors(["train"])
+    val_captioner.calibrate(train_vectors, np.stack([case.labels for case in train_cases]))
     val = collect(
-        library_queries(engine.library, "val"),
-        search,
+        queries(*engine.library.image_vectors(["val"])),
+        vote,
         lambda vector: val_captioner.probabilities(vector=vector),
     )
     weight, table = choose_weight(val)
@@ -294,8 +294,8 @@ def _run_blend(args: argparse.Namespace) -> None:
     ]
     vectors = encoder.encode_images([case.image_path for case in test_cases])
     test = collect(
-        [BlendQuery(v, c.patient_id, c.labels) for v, c in zip(vectors, test_cases, strict=True)],
-        search,
+        queries(vectors, test_cases),
+        vote,
         lambda vector: pipeline.captioner.probabilities(vector=vector),
     )
     systems, rows = evaluate_blend(test, weight, labels, task="test X-rays", n_boot=args.bootstrap)

@@ -17,14 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from medxpert.caption.labels import LabelCaptioner
 from medxpert.eval.bootstrap import bootstrap_auc, bootstrap_mean, roc_auc
 from medxpert.eval.context import MIN_AUC_POSITIVES
 from medxpert.eval.retrieval import Row
-from medxpert.index import CaseLibrary
 from medxpert.labels import CHEXPERT_LABELS
-from medxpert.retrieval import Hit
-from medxpert.retrieval.probabilities import label_probabilities
 
 WEIGHTS = tuple(round(float(w), 2) for w in np.linspace(0.0, 1.0, 11))
 
@@ -63,17 +59,18 @@ class BlendInputs:
         ]
 
 
-# (query vector, patient to leave out) → the retrieved cases
-Search = Callable[[np.ndarray, str], Sequence[Hit]]
+# (query vector, patient to leave out) → the vote of the cases retrieved without that patient
+Vote = Callable[[np.ndarray, str], dict[str, float]]
+# query vector → the captioner's zero-shot probabilities
 ZeroShot = Callable[[np.ndarray], dict[str, float]]
 
 
-def collect(queries: Sequence[BlendQuery], search: Search, zero_shot: ZeroShot) -> BlendInputs:
+def collect(queries: Sequence[BlendQuery], vote: Vote, zero_shot: ZeroShot) -> BlendInputs:
     """The vote and the zero-shot probabilities of every query."""
     votes, scores = [], []
     for query in tqdm(queries, desc="blend queries", unit="query", leave=False):
-        vote = label_probabilities(search(query.vector, query.patient_id)).probabilities
-        votes.append([vote[label] for label in CHEXPERT_LABELS])
+        voted = vote(query.vector, query.patient_id)
+        votes.append([voted[label] for label in CHEXPERT_LABELS])
         probabilities = zero_shot(query.vector)
         scores.append([probabilities.get(label, np.nan) for label in CHEXPERT_LABELS])
     truth = np.stack([query.labels for query in queries]).astype(np.float64)
@@ -148,23 +145,3 @@ def evaluate_blend(
     rows.append(Row(task, f"AUC macro ({len(labels)} labels)", {n: a[1] for n, a in aucs.items()}))
     rows.append(Row(task, "Brier score (lower is better)", briers))
     return list(systems), rows
-
-
-def library_queries(library: CaseLibrary, split: str) -> list[BlendQuery]:
-    """The library's `split` X-rays as queries, with their stored vectors."""
-    stored = library.stored_vectors("images")
-    queries = []
-    for row, vector in zip(stored.rows, stored.vectors, strict=True):
-        case = library.case(int(row))
-        if case.split == split:
-            queries.append(BlendQuery(vector, case.patient_id, np.asarray(case.labels)))
-    return queries
-
-
-def train_calibrated(captioner: LabelCaptioner, library: CaseLibrary) -> LabelCaptioner:
-    """`captioner` calibrated on the library's train X-rays only (for choosing on val)."""
-    stored = library.stored_vectors("images")
-    train = [i for i, row in enumerate(stored.rows) if library.case(int(row)).split == "train"]
-    labels = np.stack([library.case(int(stored.rows[i])).labels for i in train])
-    captioner.calibrate(stored.vectors[train], labels)
-    return captioner

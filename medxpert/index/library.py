@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,6 +143,18 @@ class CaseLibrary:
         index = self.indexes[modality]
         rows = index.ids()
         return Embeddings(rows, index.reconstruct(rows))
+
+    def image_vectors(self, splits: Iterable[str] | None = None) -> tuple[np.ndarray, list[Case]]:
+        """The stored image vectors and their cases, all or only those of `splits`."""
+        if "images" not in self.indexes:
+            return np.zeros((0, 0), dtype=np.float32), []
+        stored, wanted = self.stored_vectors("images"), None if splits is None else set(splits)
+        keep = [
+            i
+            for i, row in enumerate(stored.rows)
+            if wanted is None or self.case(row).split in wanted
+        ]
+        return stored.vectors[keep], [self.case(stored.rows[i]) for i in keep]
 
     def image_vectors_by_path(self) -> dict[str, np.ndarray]:
         """image path → its stored vector, to stand in for the encoder's own (the vectors are
