@@ -21,3 +21,49 @@ def test_torch_pins_are_the_ones_on_this_machine():
         if "==" in line and not line.startswith("#")
     )
     assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+
+
+# Each package module's place in the flow (docs/architecture.md): a module imports only
+# modules of its own rank or lower.
+RANKS = {
+    "errors": 0,
+    "config": 0,
+    "atomic": 0,
+    "labels": 1,
+    "data": 2,
+    "encoders": 3,
+    "eval": 4,
+    "train": 5,
+    "index": 6,
+    "retrieval": 7,
+    "caption": 8,
+    "report": 9,
+    "pipeline": 10,
+    "api": 11,
+    "cli": 12,
+    "__main__": 12,
+}
+
+
+def test_imports_point_one_way():
+    import ast
+
+    package = ROOT / "medxpert"
+    backwards = []
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts == ("__init__",):
+            continue
+        rank = RANKS[parts[0]]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for name in names:
+                if name.startswith("medxpert.") and RANKS[name.split(".")[1]] > rank:
+                    backwards.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not backwards, backwards
