@@ -18,6 +18,7 @@ from medxpert.cli import (
     index,
     label,
     search,
+    serve,
     train,
 )
 from medxpert.errors import MedXpertError
@@ -53,7 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less logging")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (data, label, encoders, train, captioner, index, search, diagnose, evaluate):
+    for module in (
+        data,
+        label,
+        encoders,
+        train,
+        captioner,
+        index,
+        search,
+        diagnose,
+        evaluate,
+        serve,
+    ):
         module.add_commands(commands)
     return parser
 

@@ -1,0 +1,52 @@
+"""`medxpert serve`: the REST API (FastAPI + uvicorn); see docs/api.md."""
+
+from __future__ import annotations
+
+import argparse
+
+from medxpert.cli.common import add_artifact_arguments
+from medxpert.cli.index import library_dir
+from medxpert.config import Settings
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve the REST API (search, diagnose, cases, health)",
+        description="Serve the REST API on http://HOST:PORT (OpenAPI docs at /docs). It binds "
+        "to 127.0.0.1 by default; another host needs MEDXPERT_API_KEY (clients send it as "
+        "X-API-Key) or --no-api-key. Request bodies are limited to MEDXPERT_MAX_IMAGE_MB.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    add_artifact_arguments(parser)
+    parser.add_argument("--captioner", default=None, help="labels (default) or blip")
+    parser.add_argument(
+        "--writer",
+        default=None,
+        help="report writer: offline (default) or gemini (needs GEMINI_API_KEY; sends "
+        "de-identified text only)",
+    )
+    parser.add_argument("-k", "--k", type=int, default=None, help="cases to retrieve by default")
+    parser.add_argument(
+        "--no-api-key",
+        action="store_true",
+        help="allow a non-loopback --host without MEDXPERT_API_KEY (trusted networks only)",
+    )
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from medxpert.api import serve
+
+    settings = Settings.from_env()
+    serve(
+        args.host,
+        args.port,
+        model_dir=args.model,
+        index_dir=library_dir(args.index, settings),
+        captioner=args.captioner,
+        writer=args.writer,
+        k=args.k,
+        allow_no_key=args.no_api_key,
+    )

@@ -1,0 +1,425 @@
+"""The REST API: every route and error through FastAPI's TestClient, on a tiny workspace, and
+`medxpert serve` as a real uvicorn process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from medxpert.api import API_KEY_HEADER, check_exposure, create_app
+from medxpert.cli import main
+from medxpert.config import Settings
+from medxpert.data import open_image
+from medxpert.errors import ConfigError
+from medxpert.labels import CHEXPERT_LABELS, positive_labels
+from medxpert.pipeline import DiagnosisPipeline
+from tests.builders import gradient, png_bytes, tiny_workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, shared_pack) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("api")
+    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
+    return root, tiny_workspace(root, shared)
+
+
+@pytest.fixture(scope="module")
+def settings(workspace) -> Settings:
+    return Settings.from_env(workspace[1])
+
+
+@pytest.fixture(scope="module")
+def pipeline(settings) -> DiagnosisPipeline:
+    return DiagnosisPipeline.from_artifacts(
+        settings.models_dir / "medxpert-default", settings.indexes_dir / "medxpert-default", k=5
+    )
+
+
+@pytest.fixture(scope="module")
+def client(pipeline, settings) -> TestClient:
+    return TestClient(create_app(pipeline, settings=settings))
+
+
+@pytest.fixture(scope="module")
+def xray(settings) -> tuple[str, bytes]:
+    """A test-split X-ray of the workspace: file name and bytes."""
+    path = next((settings.data_dir / "covid_cxr" / "images").iterdir())
+    return path.name, path.read_bytes()
+
+
+def assert_real_hits(hits: list[dict], pipeline: DiagnosisPipeline, k: int) -> None:
+    library = pipeline.engine.library
+    assert [hit["rank"] for hit in hits] == list(range(1, k + 1))
+    for hit in hits:
+        case = library.case(library.row_of(hit["case_id"]))
+        assert hit["source"] == case.source and hit["split"] == case.split
+        assert hit["labels"] == positive_labels(case.labels)
+        assert hit["has_image"] == case.has_image
+
+
+def test_health_reports_the_model_the_index_and_its_counts(client, pipeline):
+    response = client.get("/health")
+    assert response.status_code == 200
+    health = response.json()
+    library = pipeline.engine.library
+    assert health["status"] == "ok" and health["error"] is None
+    assert health["model"]["fingerprint"] == pipeline.engine.encoder.fingerprint()
+    assert health["index"]["name"] == "medxpert-default"
+    assert health["index"]["cases"] == len(library.cases)
+    assert health["index"]["counts"] == {
+        "images": library.count("images"),
+        "reports": library.count("reports"),
+    }
+    assert health["index"]["splits"] == ["train", "val"]
+    assert (health["captioner"], health["writer"], health["k"]) == ("labels", "offline", 5)
+    assert health["api_key_required"] is False
+
+
+def test_search_by_text_matches_the_engine(client, pipeline):
+    response = client.post("/search", json={"text": "pleural effusion", "k": 4})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["kind"], body["k"], body["target"]) == ("text", 4, "reports")
+    hits = body["hits"]
+    expected = pipeline.engine.search(text="pleural effusion", k=4, target="reports")
+    assert [hit["case_id"] for hit in hits] == [hit.case.case_id for hit in expected]
+    scores = [hit["score"] for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(hit["modality"] == "report" and hit["excerpt"] for hit in hits)
+    assert_real_hits(hits, pipeline, 4)
+
+
+def test_search_by_image_and_note_as_multipart(client, pipeline, xray):
+    name, data = xray
+    response = client.post(
+        "/search",
+        files={"image": (name, data, "image/png")},
+        data={"note": "fever and cough", "k": "3", "target": "images"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["kind"], body["target"]) == ("image", "images")
+    expected = pipeline.engine.search(image=data, note="fever and cough", k=3, target="images")
+    assert [hit["case_id"] for hit in body["hits"]] == [hit.case.case_id for hit in expected]
+    assert all(hit["modality"] == "image" and hit["has_image"] for hit in body["hits"])
+    assert_real_hits(body["hits"], pipeline, 3)
+
+
+def test_diagnose_an_xray_with_a_note(client, pipeline, xray):
+    name, data = xray
+    response = client.post(
+        "/diagnose",
+        files={"image": (name, data, "image/png")},
+        data={"note": "Fever and productive cough.", "k": "4"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    report = body["report"]
+    assert report["caption"] and report["writer"] == "offline" and report["triage"]["level"]
+    assert set(report["timings_ms"]) >= {"encode", "search", "caption", "write"}
+    assert set(body["probabilities"]) <= set(CHEXPERT_LABELS)
+    assert all(0 <= p <= 1 for p in body["probabilities"].values())
+    assert_real_hits(body["hits"], pipeline, 4)
+    found = {hit["case_id"] for hit in body["hits"]}
+    assert {case["case_id"] for case in report["cited_cases"]} <= found
+
+
+def test_diagnose_a_text_query(client, pipeline):
+    response = client.post("/diagnose", data={"text": "enlarged heart", "target": "reports"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["report"]["caption"] is None and body["report"]["impression"]
+    assert all(hit["modality"] == "report" for hit in body["hits"])
+    assert_real_hits(body["hits"], pipeline, 5)  # the pipeline's k
+
+
+def test_case_record_and_its_image(client, pipeline):
+    library = pipeline.engine.library
+    case = next(case for case in library.cases if case.has_image and case.has_text)
+    response = client.get(f"/cases/{case.case_id}")
+    assert response.status_code == 200
+    record = response.json()
+    assert record["case_id"] == case.case_id and record["patient_id"] == case.patient_id
+    texts = (record["findings"], record["impression"], record["report"])
+    assert texts == (case.findings, case.impression, case.report) and any(texts)
+    assert (record["source"], record["split"], record["view"]) == (
+        case.source,
+        case.split,
+        case.view,
+    )
+    assert record["labels"] == positive_labels(case.labels) and record["has_image"] is True
+    image = client.get(f"/cases/{case.case_id}/image")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    decoded = Image.open(io.BytesIO(image.content))
+    assert decoded.mode == "L" and decoded.size == open_image(case.image_path).size
+
+
+def test_unknown_cases_and_missing_images_are_404(client, pipeline):
+    for path in ("/cases/nih_cxr14:nope", "/cases/nih_cxr14:nope/image"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert response.json()["type"] == "CaseNotFoundError"
+        assert "nih_cxr14:nope" in response.json()["error"]
+    text_only = next(case for case in pipeline.engine.library.cases if not case.has_image)
+    response = client.get(f"/cases/{text_only.case_id}/image")
+    assert response.status_code == 404 and "has no image" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("request_args", "error_type", "says"),
+    [
+        (
+            {"url": "/diagnose", "files": {"image": ("cxr.png", b"not an image", "image/png")}},
+            "InvalidImageError",
+            "cxr.png is not a chest X-ray image",
+        ),
+        (
+            {"url": "/diagnose", "files": {"image": ("empty.png", b"", "image/png")}},
+            "InvalidImageError",
+            "empty",
+        ),
+        ({"url": "/search", "json": {"text": "   "}}, "QueryError", "text query is empty"),
+        ({"url": "/search", "json": {"text": "edema", "k": 10_000}}, "QueryError", "larger"),
+        ({"url": "/search", "json": {"note": "cough"}}, "QueryError", "goes with an image"),
+        ({"url": "/diagnose", "data": {}}, "QueryError", "nothing to search for"),
+        ({"url": "/search", "content": b"edema"}, "QueryError", "send the search as JSON"),
+    ],
+)
+def test_user_errors_are_400_with_the_message(client, request_args, error_type, says):
+    response = client.post(**request_args)
+    assert response.status_code == 400, response.text
+    assert response.json()["type"] == error_type and says in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("request_args", "location"),
+    [
+        ({"url": "/search", "json": {"text": "edema", "k": 0}}, ["body", "k"]),
+        ({"url": "/search", "json": {"text": "edema", "target": "sideways"}}, ["body", "target"]),
+        ({"url": "/search", "json": {"text": "edema", "query": "x"}}, ["body", "query"]),
+        (
+            {"url": "/search", "content": b"{", "headers": {"content-type": "application/json"}},
+            ["body"],
+        ),
+        ({"url": "/search", "data": {"text": "edema", "k": "many"}}, ["body", "k"]),
+        ({"url": "/diagnose", "data": {"text": "edema", "k": "-1"}}, ["body", "k"]),
+        ({"url": "/diagnose", "data": {"text": "edema", "target": "all"}}, ["body", "target"]),
+    ],
+)
+def test_bad_parameters_are_422_in_fastapis_format(client, request_args, location):
+    response = client.post(**request_args)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == location
+
+
+def test_bodies_over_the_limit_are_413(pipeline, settings):
+    client = TestClient(create_app(pipeline, settings=settings, max_body_bytes=4000))
+    small = png_bytes(gradient())
+    assert len(small) < 3000
+    ok = client.post("/search", files={"image": ("small.png", small, "image/png")})
+    assert ok.status_code == 200, ok.text
+    big = os.urandom(10_000)
+    declared = client.post("/diagnose", files={"image": ("big.png", big, "image/png")})
+    assert declared.status_code == 413
+    assert declared.json()["type"] == "RequestTooLargeError"
+    assert ", over the 4,000 bytes limit" in declared.json()["error"]
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(10):
+            yield b"x" * 1000
+
+    for url in ("/search", "/diagnose"):
+        chunked = client.post(
+            url, content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+        )
+        assert chunked.status_code == 413, (url, chunked.text)
+        assert chunked.json()["type"] == "RequestTooLargeError"
+
+
+def test_without_an_index_health_says_why_and_routes_answer_503(workspace, settings, xray):
+    app = create_app(
+        model_dir=settings.models_dir / "medxpert-default",
+        index_dir=workspace[0] / "indexes" / "not-built",
+        settings=settings,
+    )
+    with TestClient(app) as client:
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unavailable"
+        assert "medxpert index build" in health.json()["error"]
+        responses = [
+            client.post("/search", json={"text": "edema"}),
+            client.post("/diagnose", files={"image": xray}),
+            client.get("/cases/nih_cxr14:00000001_000"),
+        ]
+    for response in responses:
+        assert response.status_code == 503
+        assert response.json()["type"] == "IndexNotFoundError"
+        assert response.json()["error"] == health.json()["error"]
+
+
+def test_api_key_guards_every_route_but_health(pipeline, settings):
+    client = TestClient(create_app(pipeline, settings=settings, api_key="s3cret-key"))
+    assert client.get("/health").status_code == 200
+    assert client.get("/health").json()["api_key_required"] is True
+    assert client.get("/openapi.json").status_code == 200
+    case_id = pipeline.engine.library.cases[0].case_id
+    for headers in ({}, {API_KEY_HEADER: "wrong"}, {API_KEY_HEADER: "s3cret-key "}):
+        for response in (
+            client.post("/search", json={"text": "edema"}, headers=headers),
+            client.post("/diagnose", data={"text": "edema"}, headers=headers),
+            client.get(f"/cases/{case_id}", headers=headers),
+        ):
+            assert response.status_code == 401
+            assert response.json()["type"] == "AuthenticationError"
+            assert "s3cret" not in response.text
+    good = {API_KEY_HEADER: "s3cret-key"}
+    assert client.post("/search", json={"text": "edema"}, headers=good).status_code == 200
+    assert client.get(f"/cases/{case_id}", headers=good).status_code == 200
+
+
+def test_api_key_comes_from_the_environment(pipeline, settings, monkeypatch):
+    monkeypatch.setenv("MEDXPERT_API_KEY", "from-env")
+    client = TestClient(create_app(pipeline, settings=settings))
+    assert client.post("/search", json={"text": "edema"}).status_code == 401
+    response = client.post("/search", json={"text": "edema"}, headers={API_KEY_HEADER: "from-env"})
+    assert response.status_code == 200
+    schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]
+    assert any(scheme.get("name") == API_KEY_HEADER for scheme in schemes.values())
+
+
+def test_an_unexpected_error_is_a_bare_500_with_the_traceback_only_in_the_log(
+    client, pipeline, monkeypatch, caplog
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(pipeline, "diagnose", broken)
+    with caplog.at_level(logging.ERROR, logger="medxpert.api"):
+        response = client.post("/diagnose", data={"text": "edema"})
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error"}
+    assert "secret" not in response.text and "Traceback" not in response.text
+    logged = [record for record in caplog.records if record.exc_info]
+    assert logged and "secret internal detail" in str(logged[0].exc_info[1])
+
+
+def test_inference_runs_one_request_at_a_time(client, pipeline, monkeypatch):
+    running, most = 0, 0
+    counter = threading.Lock()
+
+    def slow_search(**query):
+        nonlocal running, most
+        with counter:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.15)
+        with counter:
+            running -= 1
+        return []
+
+    monkeypatch.setattr(pipeline.engine, "search", slow_search)
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: statuses.append(client.post("/search", json={"text": "x"}).status_code)
+        )
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200, 200, 200] and most == 1
+
+
+def test_openapi_schema_documents_routes_and_bodies(client):
+    schema = client.get("/openapi.json").json()
+    assert schema["info"]["title"] == "MedXpert API" and schema["info"]["version"]
+    assert {"/health", "/search", "/diagnose", "/cases/{case_id}", "/cases/{case_id}/image"} <= set(
+        schema["paths"]
+    )
+    search = schema["paths"]["/search"]["post"]
+    assert set(search["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    assert {"200", "400", "413", "503"} <= set(search["responses"])
+    diagnose = schema["paths"]["/diagnose"]["post"]
+    assert "multipart/form-data" in diagnose["requestBody"]["content"]
+    assert "DiagnoseResponse" in schema["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_serving_beyond_loopback_needs_a_key_or_an_explicit_flag(capsys):
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.5"):
+        check_exposure(host, None)
+    check_exposure("0.0.0.0", "a-key")
+    check_exposure("0.0.0.0", None, allow_no_key=True)
+    for host in ("0.0.0.0", "192.168.1.10", "example.org"):
+        with pytest.raises(ConfigError, match="MEDXPERT_API_KEY"):
+            check_exposure(host, None)
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "--no-api-key" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_medxpert_serve_answers_over_real_http(workspace, xray):
+    port = free_port()
+    environment = {**os.environ, **workspace[1], "HF_HUB_OFFLINE": "1"}
+    environment.pop("MEDXPERT_API_KEY", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "medxpert", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=environment,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.communicate()[0]
+            try:
+                health = httpx.get(f"{base}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not start in 120 s"
+                time.sleep(0.3)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert health.json()["model"]["dir"].endswith("medxpert-default")
+        found = httpx.post(f"{base}/search", json={"text": "cardiomegaly", "k": 3}, timeout=60)
+        assert found.status_code == 200 and len(found.json()["hits"]) == 3
+        name, data = xray
+        report = httpx.post(
+            f"{base}/diagnose",
+            files={"image": (name, data, "image/png")},
+            data={"note": "cough"},
+            timeout=60,
+        )
+        assert report.status_code == 200 and report.json()["report"]["caption"]
+        assert len(report.json()["hits"]) == health.json()["k"] == 10
+        bad = httpx.post(f"{base}/diagnose", files={"image": ("x.png", b"junk")}, timeout=60)
+        assert bad.status_code == 400 and bad.json()["type"] == "InvalidImageError"
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "Uvicorn running on http://127.0.0.1" in output
+    assert "Traceback" not in output
