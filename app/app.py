@@ -1,0 +1,67 @@
+"""MedXpert's Streamlit UI: `./dev.sh app`, or `streamlit run app/app.py`.
+
+Pick a case library and model in the sidebar; give an X-ray (an upload or a test-split sample,
+with an optional clinical note) or a text query; read the structured report built from the
+most similar prior cases. The page holds no diagnosis logic: it calls `DiagnosisPipeline`.
+Settings come from `MEDXPERT_*` variables (`Settings.from_env`).
+"""
+
+import streamlit as st
+from artifacts import find_artifacts, how_to_build, load_pipeline
+from query_input import query_input
+from result_view import show_diagnosis
+from sidebar import sidebar
+
+from medxpert.config import Settings
+from medxpert.errors import MedXpertError
+
+RESULT = "result"  # session-state key of the last (query, diagnosis) shown
+
+
+def main() -> None:
+    st.set_page_config(page_title="MedXpert", page_icon="🩻", layout="wide")
+    st.title("MedXpert")
+    st.caption(
+        "Chest X-ray reports from the most similar prior cases. Decision support, not a "
+        "diagnosis: a clinician must review every statement."
+    )
+    try:
+        settings = Settings.from_env()
+    except MedXpertError as error:
+        st.error(str(error))
+        return
+    artifacts = find_artifacts(settings)
+    if not artifacts.libraries or not artifacts.models:
+        st.info(how_to_build(settings, artifacts))
+        return
+    choices = sidebar(settings, artifacts)
+    try:
+        pipeline = load_pipeline(
+            str(choices.model.path),
+            str(choices.library.path),
+            captioner=choices.captioner,
+            writer=choices.writer,
+            note_weight=choices.note_weight,
+            writer_options=choices.writer_options,
+            device=settings.device,
+            blip_dir=choices.blip_dir,
+        )
+        query = query_input(settings)
+        if query is not None:
+            with st.spinner("Retrieving similar cases and writing the report…"):
+                diagnosis = pipeline.diagnose(
+                    image=query.image,
+                    text=query.text,
+                    note=query.note,
+                    k=choices.k,
+                    target=choices.target,
+                )
+            st.session_state[RESULT] = (query, diagnosis)
+    except MedXpertError as error:
+        st.session_state.pop(RESULT, None)
+        st.error(str(error))
+    if RESULT in st.session_state:
+        show_diagnosis(*st.session_state[RESULT])
+
+
+main()

@@ -1,0 +1,134 @@
+"""What the app loads: the case libraries and models on disk, the pipeline (once per choice),
+the test-split sample X-rays and gallery thumbnails, each cached by Streamlit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+from PIL import Image
+
+from medxpert.config import Settings
+from medxpert.data import Case, load_cases, open_image
+from medxpert.encoders.model import INFO_FILE
+from medxpert.errors import MedXpertError
+from medxpert.index.library import read_manifest
+from medxpert.pipeline import DiagnosisPipeline
+
+SAMPLE_SOURCES = ("nih_cxr14", "covid_cxr")  # the shared packs with test-split X-rays
+THUMBNAIL_PX = 256
+
+
+@dataclass(frozen=True)
+class Library:
+    """A case library folder under indexes/ and what its manifest says."""
+
+    name: str
+    path: Path
+    fingerprint: str  # of the encoder it was built with
+    counts: dict[str, int]  # vectors per index: "images", "reports"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A saved dual encoder under models/."""
+
+    name: str
+    path: Path
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    libraries: list[Library]
+    models: list[Model]
+    problems: list[str]  # folders that look like artifacts but cannot be used, and why
+
+
+def find_artifacts(settings: Settings) -> Artifacts:
+    """Every usable library under `settings.indexes_dir` and model under `settings.models_dir`."""
+    libraries, models, problems = [], [], []
+    for path in _folders(settings.indexes_dir):
+        try:
+            manifest = read_manifest(path)
+        except MedXpertError as error:
+            problems.append(str(error))
+            continue
+        counts = {name: entry["count"] for name, entry in manifest["indexes"].items()}
+        libraries.append(Library(path.name, path, manifest["encoder"]["fingerprint"], counts))
+    for path in _folders(settings.models_dir):
+        if (path / INFO_FILE).is_file():
+            info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
+            models.append(Model(path.name, path, info["fingerprint"]))
+    return Artifacts(libraries, models, problems)
+
+
+def how_to_build(settings: Settings, artifacts: Artifacts) -> str:
+    """Markdown that says what is missing and the commands that make it."""
+    missing = []
+    if not artifacts.models:
+        missing.append(f"no model in `{settings.models_dir}`")
+    if not artifacts.libraries:
+        missing.append(f"no case library in `{settings.indexes_dir}`")
+    return (
+        f"**Nothing to search yet:** {' and '.join(missing)}.\n\n"
+        "Build the offline default (fine-tunes the encoder when there is none, then embeds the "
+        "train and val cases, about 12 minutes on 2 CPU cores):\n\n"
+        "```bash\n./dev.sh index\n```\n\n"
+        "or step by step: `medxpert train` (→ `models/medxpert-default`), then "
+        "`medxpert index build` (→ `indexes/medxpert-default`). Then reload this page."
+    )
+
+
+@st.cache_resource(show_spinner="Loading the model and the case library…", max_entries=2)
+def load_pipeline(
+    model_dir: str,
+    index_dir: str,
+    *,
+    captioner: str,
+    writer: str,
+    note_weight: float,
+    writer_options: dict,
+    device: str,
+    blip_dir: str | None,
+) -> DiagnosisPipeline:
+    """The pipeline for these choices, loaded once per process and shared by every session."""
+    return DiagnosisPipeline.from_artifacts(
+        model_dir,
+        index_dir,
+        captioner=captioner,
+        writer=writer,
+        device=device,
+        note_weight=note_weight,
+        writer_options=writer_options,
+        blip_source=blip_dir,
+    )
+
+
+@st.cache_resource(show_spinner=False)
+def test_samples(settings: Settings) -> tuple[list[Case], list[str]]:
+    """Test-split cases with an X-ray from the shared packs, and a note per pack not found."""
+    cases, problems = [], []
+    for source in SAMPLE_SOURCES:
+        try:
+            cases += [c for c in load_cases(source, "test", settings=settings) if c.has_image]
+        except MedXpertError as error:
+            problems.append(f"{source}: {error}")
+    return cases, problems
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def thumbnail(path: str) -> Image.Image | None:
+    """A small copy of a library X-ray for the gallery; None when it cannot be read."""
+    try:
+        image = open_image(path)
+    except MedXpertError:
+        return None
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    return image
+
+
+def _folders(parent: Path) -> list[Path]:
+    return sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []

@@ -1,0 +1,198 @@
+"""A diagnosis on the page: the query, caption, triage, probabilities, report with citations,
+ICD-10 suggestions, the top-K gallery, timings and downloads."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import streamlit as st
+from artifacts import thumbnail
+from query_input import Query
+
+from medxpert.labels import positive_labels
+from medxpert.pipeline import Diagnosis
+from medxpert.retrieval import Hit
+
+TRIAGE_STYLE = {  # level → badge colour and icon
+    "urgent": ("red", ":material/e911_emergency:"),
+    "priority": ("orange", ":material/schedule:"),
+    "routine": ("green", ":material/check_circle:"),
+}
+GALLERY_COLUMNS = 5
+EXCERPT_CHARS = 180
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-!|$~:])")
+
+
+def show_diagnosis(query: Query, diagnosis: Diagnosis) -> None:
+    """Render everything about one diagnosis."""
+    report = diagnosis.report
+    st.subheader(f"Result for the {_plain(query.title)}")
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        _show_query(query, diagnosis)
+    with right:
+        colour, icon = TRIAGE_STYLE.get(report.triage.level, ("gray", ""))
+        st.markdown(f"#### Triage :{colour}-badge[{icon} {report.triage.level.upper()}]")
+        st.markdown(_plain(report.triage.reason))
+        _show_probabilities(diagnosis)
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        _show_report(diagnosis)
+    with right:
+        _show_codes(diagnosis)
+    _show_gallery(diagnosis.hits)
+    _show_timings(diagnosis.timings_ms)
+    _show_downloads(query, diagnosis)
+
+
+def _show_query(query: Query, diagnosis: Diagnosis) -> None:
+    if query.image is not None:
+        st.image(query.image, caption=query.title, width="stretch")
+    else:
+        st.markdown(f"**Text query:** {_plain(query.text or '')}")
+    if query.note:
+        st.markdown(f"**Clinical note:** {_plain(query.note)}")
+    if diagnosis.caption is not None:
+        st.markdown(
+            f"**Caption** ({diagnosis.caption.captioner}): {_plain(diagnosis.caption.text)}"
+        )
+
+
+def _show_probabilities(diagnosis: Diagnosis) -> None:
+    frame = pd.DataFrame(
+        {"finding": list(diagnosis.probabilities), "probability": diagnosis.probabilities.values()}
+    )
+    st.markdown("**Pathology probabilities**")
+    st.bar_chart(
+        frame,
+        x="finding",
+        y="probability",
+        horizontal=True,
+        sort="-probability",
+        x_label="",
+        y_label="probability",
+        height=28 * len(frame) + 60,
+    )
+    how = f"Similarity-weighted vote of the {len(diagnosis.hits)} retrieved cases"
+    if diagnosis.zero_shot_weight:
+        how += (
+            f", blended with the caption's zero-shot scores (weight {diagnosis.zero_shot_weight:g})"
+        )
+    st.caption(how + ".")
+
+
+def _show_report(diagnosis: Diagnosis) -> None:
+    report = diagnosis.report
+    st.markdown("#### Findings")
+    for statement in report.findings:
+        cited = " ".join(f"`{case_id}`" for case_id in statement.cited_case_ids)
+        st.markdown(f"- {_plain(statement.text)}" + (f"  \n  Cited: {cited}" if cited else ""))
+    st.markdown("#### Impression")
+    st.markdown(_plain(report.impression))
+    for warning in report.warnings:
+        st.warning(warning)
+    writer = report.writer + (f" ({report.model})" if report.model else "")
+    st.caption(f"Written by the {writer} writer. {report.disclaimer}")
+
+
+def _show_codes(diagnosis: Diagnosis) -> None:
+    report = diagnosis.report
+    st.markdown("#### ICD-10 suggestions")
+    if report.icd10:
+        st.table(
+            pd.DataFrame(
+                [
+                    {"code": c.code, "description": c.description, "p": f"{c.probability:.2f}"}
+                    for c in report.icd10
+                ]
+            ).set_index("code")
+        )
+    else:
+        st.markdown("None: no finding reached a coding threshold.")
+    st.markdown("#### Differential")
+    if report.differential:
+        st.table(
+            pd.DataFrame(
+                [
+                    {
+                        "condition": d.condition,
+                        "p": f"{d.probability:.2f}",
+                        "supporting cases": len(d.supporting_case_ids),
+                    }
+                    for d in report.differential
+                ]
+            ).set_index("condition")
+        )
+    else:
+        st.markdown("None above the reporting threshold.")
+
+
+def _show_gallery(hits: list[Hit]) -> None:
+    st.markdown(f"#### The {len(hits)} most similar cases")
+    for start in range(0, len(hits), GALLERY_COLUMNS):
+        columns = st.columns(GALLERY_COLUMNS)
+        for column, hit in zip(columns, hits[start : start + GALLERY_COLUMNS], strict=False):
+            with column.container(border=True):
+                _show_hit(hit)
+
+
+def _show_hit(hit: Hit) -> None:
+    case = hit.case
+    image = thumbnail(case.image_path) if case.has_image else None
+    if image is not None:
+        st.image(image, width="stretch")
+    else:
+        st.caption("report only" if not case.has_image else "image unavailable")
+    st.markdown(f"**#{hit.rank}** · score {hit.score:.3f}")
+    st.caption(f"{_plain(case.case_id)} · {hit.modality} match · {case.view}")
+    labels = positive_labels(case.labels)
+    st.markdown(" ".join(f":{_label_colour(n)}-badge[{n}]" for n in labels) or ":gray-badge[none]")
+    text = case.text()
+    if text:
+        excerpt = text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS].rsplit(" ", 1)[0]
+        st.caption(_plain(excerpt + ("…" if excerpt != text else "")))
+        with st.expander("Full report"):
+            st.text(case.report or text)
+    else:
+        st.caption("(no report: image only)")
+
+
+def _show_timings(timings_ms: dict[str, float]) -> None:
+    st.markdown("#### Timings")
+    columns = st.columns(len(timings_ms))
+    for column, (stage, ms) in zip(columns, timings_ms.items(), strict=True):
+        column.metric(stage, f"{ms:,.1f} ms" if ms < 10 else f"{ms:,.0f} ms")
+
+
+def _show_downloads(query: Query, diagnosis: Diagnosis) -> None:
+    heading = f"# MedXpert report: {query.title}\n\n"
+    first, second, _ = st.columns([1, 1, 2])
+    first.download_button(
+        "Report as JSON",
+        json.dumps({"query": query.title, **diagnosis.to_dict()}, indent=2, ensure_ascii=False),
+        file_name="medxpert-report.json",
+        mime="application/json",
+        on_click="ignore",
+        key="download_json",
+        icon=":material/download:",
+    )
+    second.download_button(
+        "Report as Markdown",
+        heading + diagnosis.report.to_markdown(),
+        file_name="medxpert-report.md",
+        mime="text/markdown",
+        on_click="ignore",
+        key="download_markdown",
+        icon=":material/download:",
+    )
+
+
+def _label_colour(label: str) -> str:
+    return "green" if label == "No Finding" else "blue"
+
+
+def _plain(text: str) -> str:
+    """`text` shown literally by st.markdown (no emphasis, links, LaTeX or HTML)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)

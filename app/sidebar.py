@@ -1,0 +1,141 @@
+"""The sidebar: case library and model, top-K, target, captioner, writer and note weight."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import streamlit as st
+from artifacts import Artifacts, Library, Model
+
+from medxpert.caption.registry import BLIP_DIR_NAME
+from medxpert.config import Settings
+from medxpert.report.gemini import DEFAULT_MODEL, KEY_VARIABLES
+from medxpert.retrieval import DEFAULT_NOTE_WEIGHT
+
+MAX_K = 50
+CAPTIONER_NAMES = {"labels": "Zero-shot labels (offline)", "blip": "BLIP (transformers)"}
+WRITER_NAMES = {"offline": "Offline (nothing leaves this machine)", "gemini": "Gemini (Google API)"}
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Everything the sidebar lets the user pick."""
+
+    library: Library
+    model: Model
+    k: int
+    target: str
+    captioner: str
+    writer: str
+    note_weight: float
+    writer_options: dict = field(default_factory=dict)
+    blip_dir: str | None = None
+
+
+def sidebar(settings: Settings, artifacts: Artifacts) -> Choices:
+    """Render the sidebar and return the choices (the artifacts hold a library and a model)."""
+    with st.sidebar:
+        st.header("Settings")
+        library = _pick_library(settings, artifacts)
+        model = _pick_model(library, artifacts.models)
+        for problem in artifacts.problems:
+            st.caption(f"Skipped: {problem}")
+        st.subheader("Search")
+        targets = [t for t in ("both", "reports", "images") if _count(library, t)]
+        target = st.radio("Search in", targets, horizontal=True, key="target")
+        most = min(MAX_K, _count(library, target))
+        k = st.slider("Top-K cases", 1, most, min(settings.top_k, most), key="k")
+        note_weight = st.slider(
+            "Note weight",
+            0.0,
+            1.0,
+            DEFAULT_NOTE_WEIGHT,
+            0.05,
+            key="note_weight",
+            help="How much a clinical note moves an X-ray query: (1 − w)·image + w·note.",
+        )
+        st.subheader("Report")
+        captioner, blip_dir = _pick_captioner(settings)
+        writer, options = _pick_writer(settings)
+    return Choices(library, model, k, target, captioner, writer, note_weight, options, blip_dir)
+
+
+def _pick_library(settings: Settings, artifacts: Artifacts) -> Library:
+    names = [library.name for library in artifacts.libraries]
+    default = names.index(settings.encoder) if settings.encoder in names else 0
+    name = st.selectbox("Case library", names, index=default, key="library")
+    return artifacts.libraries[names.index(name)]
+
+
+def _pick_model(library: Library, models: list[Model]) -> Model:
+    """Models whose fingerprint matches the library's come first (and are the default)."""
+    ordered = sorted(models, key=lambda m: (m.fingerprint != library.fingerprint, m.name))
+    names = [model.name for model in ordered]
+    matches = {model.name for model in ordered if model.fingerprint == library.fingerprint}
+    name = st.selectbox(
+        "Model",
+        names,
+        key=f"model:{library.name}",
+        format_func=lambda n: n if n in matches else f"{n} (built another library)",
+    )
+    if name not in matches:
+        st.warning(
+            f"{library.name} was built with another encoder; pick its model or rebuild the "
+            "library with `medxpert index build --model ...`."
+        )
+    return ordered[names.index(name)]
+
+
+def _pick_captioner(settings: Settings) -> tuple[str, str | None]:
+    blip = settings.models_dir / BLIP_DIR_NAME
+    available = blip.is_dir()
+    default = settings.captioner if available else "labels"
+    captioner = st.radio(
+        "Captioner",
+        list(CAPTIONER_NAMES),
+        index=list(CAPTIONER_NAMES).index(default),
+        format_func=CAPTIONER_NAMES.get,
+        disabled=not available,
+        key="captioner",
+    )
+    if not available:
+        st.caption(
+            f"BLIP is unavailable: the app runs offline and there are no local weights in "
+            f"`{blip}`. `medxpert train-captioner` makes them."
+        )
+    return captioner, str(blip) if captioner == "blip" else None
+
+
+def _pick_writer(settings: Settings) -> tuple[str, dict]:
+    has_key = any(os.environ.get(name) for name in KEY_VARIABLES)
+    default = settings.writer if has_key else "offline"
+    writer = st.radio(
+        "Report writer",
+        list(WRITER_NAMES),
+        index=list(WRITER_NAMES).index(default),
+        format_func=WRITER_NAMES.get,
+        disabled=not has_key,
+        key="writer",
+    )
+    if not has_key:
+        st.caption(
+            f"Gemini is unavailable: set {' or '.join(KEY_VARIABLES)} in the app's environment "
+            "to use it."
+        )
+    if writer == "offline":
+        return writer, {}
+    model = st.text_input("Gemini model", DEFAULT_MODEL, key="llm_model")
+    send_image = st.checkbox(
+        "Also send the X-ray image to Gemini",
+        key="send_image",
+        help="Off: Gemini receives de-identified text only (caption, probabilities, report "
+        "excerpts, note).",
+    )
+    return writer, {"model": model.strip() or DEFAULT_MODEL, "send_image": send_image}
+
+
+def _count(library: Library, target: str) -> int:
+    if target == "both":
+        return sum(library.counts.values())
+    return library.counts.get(target, 0)

@@ -1,0 +1,214 @@
+"""The Streamlit app (app/app.py) under `streamlit.testing`: a text query, a test-split sample,
+uploads (corrupt, oversized, DICOM), the sidebar's choices, and no library built. The app runs
+on a tiny workspace (tests.builders.tiny_workspace); its output is compared with the pipeline's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from medxpert.config import Settings
+from medxpert.data import load_cases
+from medxpert.eval.context import history_note
+from medxpert.pipeline import DiagnosisPipeline
+from medxpert.report.gemini import KEY_VARIABLES
+from tests.builders import dicom_bytes, gradient, png_bytes, tiny_encoder, tiny_workspace
+
+APP = Path(__file__).resolve().parents[1] / "app" / "app.py"
+TIMEOUT_S = 120  # a script run that loads the pipeline; later runs take about a second
+UPLOAD, SAMPLE, TEXT = "Upload an X-ray", "Sample X-ray (test split)", "Text query"
+TRIAGE_COLOURS = {"urgent": "red", "priority": "orange", "routine": "green"}
+UNMATCHED_MODEL = "a-untuned"  # sorts first, but the library was not built with it
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, shared_pack) -> dict[str, str]:
+    """A tiny model and its library, plus a second model the library was not built with."""
+    root = tmp_path_factory.mktemp("app_workspace")
+    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
+    environment = tiny_workspace(root, shared)
+    models = Path(environment["MEDXPERT_MODELS_DIR"])
+    tiny_encoder(root / "other", seed=1).save(models / UNMATCHED_MODEL)
+    return environment
+
+
+@pytest.fixture
+def env(workspace, monkeypatch) -> Settings:
+    for name, value in workspace.items():
+        monkeypatch.setenv(name, value)
+    for name in KEY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="module")
+def reference(workspace) -> DiagnosisPipeline:
+    """The pipeline the app should load by default, built here to compare with the page."""
+    settings = Settings.from_env(workspace)
+    return DiagnosisPipeline.from_artifacts(
+        settings.models_dir / "medxpert-default", settings.indexes_dir / "medxpert-default"
+    )
+
+
+def run_app() -> AppTest:
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
+
+
+def diagnose(at: AppTest) -> AppTest:
+    return at.button(key="diagnose").click().run()
+
+
+def shown(at: AppTest) -> str:
+    """The text of every markdown, caption and heading, with markdown escapes removed."""
+    values = [e.value for kind in ("markdown", "caption", "subheader") for e in at.get(kind)]
+    return re.sub(r"\\(.)", r"\1", "\n".join(values))
+
+
+def gallery_ids(at: AppTest) -> list[str]:
+    """The case ids of the gallery's cards, in order."""
+    captions = [re.sub(r"\\(.)", r"\1", c.value) for c in at.caption]
+    return [c.split(" · ")[0] for c in captions if " match · " in c]
+
+
+def assert_shows(at: AppTest, diagnosis) -> None:
+    """The page presents this diagnosis: report, triage, gallery, timings, downloads."""
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    text = shown(at)
+    report = diagnosis.report
+    assert report.impression in text
+    assert all(statement.text in text for statement in report.findings)
+    colour = TRIAGE_COLOURS[report.triage.level]
+    assert re.search(rf"Triage :{colour}-badge\[[^\]]*{report.triage.level.upper()}\]", text)
+    assert report.triage.reason in text
+    assert gallery_ids(at) == [hit.case.case_id for hit in diagnosis.hits]
+    assert [m.label for m in at.metric] == list(diagnosis.timings_ms)
+    assert [b.label for b in at.get("download_button")] == [
+        "Report as JSON",
+        "Report as Markdown",
+    ]
+
+
+def test_a_text_query_shows_the_pipelines_report_triage_and_gallery(env, reference):
+    at = run_app()
+    assert not at.exception
+    at.radio(key="mode").set_value(TEXT).run()
+    at.text_area(key="text").input("cardiomegaly with pleural effusion")
+    diagnose(at)
+    expected = reference.diagnose(text="cardiomegaly with pleural effusion", k=10, target="both")
+    assert_shows(at, expected)
+    assert "Result for the text query “cardiomegaly with pleural effusion”" in shown(at)
+    assert not any(caption for image in at.image for caption in image.captions)  # no query image
+    assert "Caption" not in shown(at)
+
+
+def test_a_test_split_sample_is_diagnosed_with_its_history_as_the_note(env, reference):
+    with_notes = [
+        case
+        for case in load_cases("covid_cxr", "test", settings=env)
+        if case.has_image and history_note(case.text())
+    ]
+    assert with_notes, "the mini covid pack should have a test case with a history note"
+    case = with_notes[0]
+    at = run_app()
+    at.radio(key="mode").set_value(SAMPLE).run()
+    at.selectbox(key="sample").select(case.case_id).run()
+    note = at.text_area(key=f"note:{case.case_id}").value
+    assert note == history_note(case.text())
+    diagnose(at)
+    expected = reference.diagnose(image=case.image_path, note=note, k=10, target="both")
+    assert_shows(at, expected)
+    text = shown(at)
+    assert f"Result for the test X-ray {case.case_id}" in text
+    assert f"**Caption** (labels): {expected.caption.text}" in text
+    assert f"**Clinical note:** {note}" in text
+    assert at.image[0].captions == [f"test X-ray {case.case_id}"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 64, "broken.png is a corrupt PNG"),
+        ("scan.dcm", dicom_bytes(gradient(dtype=np.uint16))[:-600], "scan.dcm is a corrupt"),
+        ("notes.pdf", b"%PDF-1.4\n" + b"x" * 200, "notes.pdf is not a chest X-ray image"),
+    ],
+)
+def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(env, reference, name, data, message):
+    at = run_app()
+    at.radio(key="mode").set_value(UPLOAD).run()
+    at.file_uploader(key="upload").set_value((name, data, "application/octet-stream"))
+    diagnose(at)
+    assert not at.exception
+    assert len(at.error) == 1 and message in at.error[0].value
+    assert "Result for" not in shown(at)
+    dicom = dicom_bytes(gradient(64, 64, 0, 4000, np.uint16))
+    at.file_uploader(key="upload").set_value(("chest.dcm", dicom, "application/dicom"))
+    diagnose(at)
+    assert_shows(at, reference.diagnose(image=dicom, k=10, target="both"))
+    assert "Result for the uploaded X-ray chest.dcm" in shown(at)
+    assert at.image[0].captions == ["uploaded X-ray chest.dcm"]  # the decoded DICOM
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_decoding(env, monkeypatch):
+    monkeypatch.setenv("MEDXPERT_MAX_IMAGE_MB", "1")
+    big = png_bytes(np.random.default_rng(0).integers(0, 255, (1100, 1100), dtype=np.uint8))
+    assert len(big) > 1024 * 1024
+    at = run_app()
+    at.radio(key="mode").set_value(UPLOAD).run()
+    at.file_uploader(key="upload").set_value(("big.png", big, "image/png"))
+    diagnose(at)
+    assert not at.exception
+    assert "big.png is 1.2 MB, over the 1 MB limit" in at.error[0].value
+    assert "MEDXPERT_MAX_IMAGE_MB" in at.error[0].value
+
+
+def test_no_upload_asks_for_one(env):
+    at = run_app()
+    at.radio(key="mode").set_value(UPLOAD).run()
+    diagnose(at)
+    assert not at.exception and "no X-ray uploaded" in at.error[0].value
+
+
+def test_the_sidebar_prefers_the_librarys_model_and_shows_unavailable_backends(env, monkeypatch):
+    at = run_app()
+    model = at.selectbox(key="model:medxpert-default")
+    assert model.value == "medxpert-default"
+    assert model.options == ["medxpert-default", f"{UNMATCHED_MODEL} (built another library)"]
+    writer, captioner = at.radio(key="writer"), at.radio(key="captioner")
+    assert writer.disabled and writer.value == "offline"
+    assert captioner.disabled and captioner.value == "labels"
+    notes = " ".join(c.value for c in at.sidebar.caption)
+    assert "GEMINI_API_KEY or GOOGLE_API_KEY" in notes
+    assert "no local weights" in notes and "medxpert train-captioner" in notes
+    model.select(UNMATCHED_MODEL).run()
+    assert not at.exception
+    assert "built with another encoder" in at.sidebar.warning[0].value
+    assert "Rebuild the index" in at.error[0].value  # the pipeline refuses it; the page stays
+
+
+def test_with_a_key_gemini_can_be_chosen_and_the_key_is_never_shown(env, monkeypatch):
+    secret = "test-key-0123456789"
+    monkeypatch.setenv("GEMINI_API_KEY", secret)
+    at = run_app()
+    assert not at.radio(key="writer").disabled
+    at.radio(key="writer").set_value("gemini").run()
+    assert not at.exception
+    assert at.checkbox(key="send_image").value is False  # the image is sent only on request
+    assert at.text_input(key="llm_model").value == "gemini-2.5-flash"
+    rendered = [
+        str(getattr(node, "proto", "")) for block in (at.main, at.sidebar) for node in block
+    ]
+    assert rendered and not any(secret in proto for proto in rendered)
+
+
+def test_without_a_library_the_app_says_how_to_build_one(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDXPERT_INDEXES_DIR", str(tmp_path / "indexes"))
+    at = run_app()
+    assert not at.exception and not at.error
+    message = at.info[0].value
+    assert f"no case library in `{tmp_path / 'indexes'}`" in message
+    assert "./dev.sh index" in message and "medxpert index build" in message
+    assert not at.button and not at.radio  # no query until there is a library
