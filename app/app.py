@@ -41,7 +41,6 @@ def main() -> None:
             str(choices.library.path),
             captioner=choices.captioner,
             writer=choices.writer,
-            note_weight=choices.note_weight,
             writer_options=choices.writer_options,
             device=settings.device,
             blip_dir=choices.blip_dir,
@@ -55,6 +54,7 @@ def main() -> None:
                     note=query.note,
                     k=choices.k,
                     target=choices.target,
+                    note_weight=choices.note_weight,
                 )
             st.session_state[RESULT] = (query, diagnosis)
     except MedXpertError as error:

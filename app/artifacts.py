@@ -89,7 +89,6 @@ def load_pipeline(
     *,
     captioner: str,
     writer: str,
-    note_weight: float,
     writer_options: dict,
     device: str,
     blip_dir: str | None,
@@ -101,7 +100,6 @@ def load_pipeline(
         captioner=captioner,
         writer=writer,
         device=device,
-        note_weight=note_weight,
         writer_options=writer_options,
         blip_source=blip_dir,
     )

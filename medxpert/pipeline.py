@@ -126,8 +126,10 @@ class DiagnosisPipeline:
         k: int | None = None,
         target: str = "both",
         filters: Filters | None = None,
+        note_weight: float | None = None,
     ) -> Diagnosis:
-        """Diagnose an image (with an optional clinical note) or a text query."""
+        """Diagnose an image (with an optional clinical note) or a text query. `note_weight`
+        overrides the engine's weight of the note for this query."""
         k = k or self.k
         timings: dict[str, float] = {}
         if image is not None and text is not None:
@@ -135,7 +137,7 @@ class DiagnosisPipeline:
         with _timed(timings, "encode"):
             if image is not None:
                 image_vector = self.engine.encoder.encode_images([image], progress=False)
-                query = self.engine.with_note(image_vector, note)
+                query = self.engine.with_note(image_vector, note, note_weight)
             else:
                 query = self.engine.query_vector(text=text, note=note)
         with _timed(timings, "search"):

@@ -157,3 +157,14 @@ def test_pipeline_bad_inputs(pipeline, tmp_path):
         pipeline.diagnose()
     with pytest.raises(IndexNotFoundError, match="medxpert index build"):
         DiagnosisPipeline.from_artifacts(tmp_path / "no-model", tmp_path / "no-index")
+
+
+def test_note_weight_per_query(pipeline):
+    image, note = png_bytes(gradient(low=30, high=150)), "level two pleural effusion."
+    alone = pipeline.diagnose(image=image, target="reports", k=3)
+    whole = pipeline.diagnose(image=image, note=note, target="reports", k=3, note_weight=1.0)
+    text = pipeline.diagnose(text=note, target="reports", k=3)
+    assert [h.case.case_id for h in whole.hits] == [h.case.case_id for h in text.hits]
+    assert [h.score for h in whole.hits] == pytest.approx([h.score for h in text.hits], abs=1e-5)
+    zero = pipeline.diagnose(image=image, note=note, target="reports", k=3, note_weight=0.0)
+    assert [h.score for h in zero.hits] == pytest.approx([h.score for h in alone.hits], abs=1e-5)
