@@ -18,6 +18,15 @@ def test_history_note_keeps_only_sentences_without_findings():
     assert history_note("") == ""
 
 
+def test_history_note_drops_imaging_that_the_labeler_does_not_count():
+    note = history_note(
+        "Trip to Italy 7 days ago. Posteroanterior chest X-ray shows a diffuse nodular pattern. "
+        "The right heart border was lost. Left lung is clear. Appearances are considered "
+        "'typical' for COVID-19. Normal cardiomediastinal contour. SARS-CoV-2 RNA was detected."
+    )
+    assert note == "Trip to Italy 7 days ago. SARS-CoV-2 RNA was detected."
+
+
 def test_a_note_that_carries_the_answer_wins():
     rng = np.random.default_rng(0)
     items = [

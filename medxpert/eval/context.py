@@ -3,7 +3,9 @@
 The COVID pack's case notes mix history ("Fever and cough for three days.") with imaging
 findings ("Bilateral patchy opacities."). A note that described the image would leak the
 answer, so the note of a case is only its history: the sentences in which the report labeler
-finds no CheXpert observation at all. Cases without such a sentence are left out.
+finds no CheXpert observation and that name no imaging term (`IMAGING`: "chest X-ray shows a
+nodular pattern", "the right heart border was lost", "left lung is clear"). Cases without such
+a sentence are left out.
 
 Per condition: label P@10 of the retrieved cases (a hit is relevant when it shares a positive
 label with the query) and the AUC of the pathology probabilities (the vote of the hits) per
@@ -26,13 +28,23 @@ from medxpert.labels import CHEXPERT_LABELS, default_labeler
 
 MIN_AUC_POSITIVES = 10
 SENTENCE = re.compile(r"[^.!?]+[.!?]?")
+# words of imaging reports that the CheXpert labeler does not count as observations
+IMAGING = re.compile(
+    r"x-?ray|radiograph|\bCT\b|computed tomography|\bscan|imaging|\bfilms?\b|\bcxr\b|"
+    r"\bfig(ure)?\b|appearance|pattern|opacit|infiltrat|consolidat|ground.glass|reticul|"
+    r"interstitial|nodul|\bnodal\b|pneumatocele|lucen|shadow|marking|\blungs?\b|\blobes?\b|"
+    r"\bzones?\b|hil(um|ar|a)\b|mediastin|heart (border|size)|cardiac silhouette|"
+    r"diaphragm|costophrenic|pleura|air.?space",
+    re.IGNORECASE,
+)
 
 
 def history_note(case_note: str) -> str:
-    """The sentences of `case_note` that mention no CheXpert observation (history, symptoms)."""
+    """The sentences of `case_note` that mention no CheXpert observation and no imaging term
+    (history, symptoms, tests)."""
     labeler = default_labeler()
     sentences = [s.strip() for s in SENTENCE.findall(case_note or "") if s.strip()]
-    return " ".join(s for s in sentences if not labeler.mentions(s))
+    return " ".join(s for s in sentences if not labeler.mentions(s) and not IMAGING.search(s))
 
 
 @dataclass(frozen=True)
