@@ -76,8 +76,8 @@ ensure_browser() {
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
     step "Installing Debian's chromium and chromium-driver for the browser test"
-    $sudo apt-get install -y -qq chromium chromium-driver >/dev/null ||
-      { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium chromium-driver >/dev/null; }
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null ||
+      { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
   else
     step "chromium / chromedriver not found and apt-get unusable: the browser test will skip"
   fi

@@ -3,7 +3,6 @@ the test-split sample X-rays and gallery thumbnails, each cached by Streamlit.""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from PIL import Image
 
 from medxpert.config import Settings
 from medxpert.data import Case, load_cases, open_image
-from medxpert.encoders.model import INFO_FILE
+from medxpert.encoders.model import INFO_FILE, read_model_info
 from medxpert.errors import MedXpertError
 from medxpert.index.library import read_manifest
 from medxpert.pipeline import DiagnosisPipeline
@@ -59,9 +58,12 @@ def find_artifacts(settings: Settings) -> Artifacts:
         counts = {name: entry["count"] for name, entry in manifest["indexes"].items()}
         libraries.append(Library(path.name, path, manifest["encoder"]["fingerprint"], counts))
     for path in _folders(settings.models_dir):
-        if (path / INFO_FILE).is_file():
-            info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
-            models.append(Model(path.name, path, info["fingerprint"]))
+        if not (path / INFO_FILE).is_file():
+            continue  # not a model folder (e.g. blip-captioner)
+        try:
+            models.append(Model(path.name, path, read_model_info(path)["fingerprint"]))
+        except MedXpertError as error:
+            problems.append(str(error))
     return Artifacts(libraries, models, problems)
 
 

@@ -14,6 +14,7 @@ from query_input import Query
 from medxpert.labels import positive_labels
 from medxpert.pipeline import Diagnosis
 from medxpert.retrieval import Hit
+from medxpert.retrieval.export import snippet
 
 TRIAGE_STYLE = {  # level → badge colour and icon
     "urgent": ("red", ":material/e911_emergency:"),
@@ -149,14 +150,10 @@ def _show_hit(hit: Hit) -> None:
     st.caption(f"{_plain(case.case_id)} · {hit.modality} match · {case.view}")
     labels = positive_labels(case.labels)
     st.markdown(" ".join(f":{_label_colour(n)}-badge[{n}]" for n in labels) or ":gray-badge[none]")
-    text = case.text()
-    if text:
-        excerpt = text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS].rsplit(" ", 1)[0]
-        st.caption(_plain(excerpt + ("…" if excerpt != text else "")))
+    st.caption(_plain(snippet(hit, EXCERPT_CHARS)))
+    if case.text():
         with st.expander("Full report"):
-            st.text(case.report or text)
-    else:
-        st.caption("(no report: image only)")
+            st.text(case.report or case.text())
 
 
 def _show_timings(timings_ms: dict[str, float]) -> None:

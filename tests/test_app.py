@@ -212,3 +212,18 @@ def test_without_a_library_the_app_says_how_to_build_one(env, monkeypatch, tmp_p
     assert f"no case library in `{tmp_path / 'indexes'}`" in message
     assert "./dev.sh index" in message and "medxpert index build" in message
     assert not at.button and not at.radio  # no query until there is a library
+
+
+def test_a_corrupt_model_folder_is_skipped_with_the_reason(env, monkeypatch, tmp_path):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(env.models_dir / "medxpert-default", models / "medxpert-default")
+    (models / "broken").mkdir()
+    (models / "broken" / "medxpert.json").write_text("{truncated")
+    monkeypatch.setenv("MEDXPERT_MODELS_DIR", str(models))
+    at = run_app()
+    assert not at.exception
+    assert at.selectbox(key="model:medxpert-default").options == ["medxpert-default"]
+    skipped = [c.value for c in at.sidebar.caption if c.value.startswith("Skipped:")]
+    assert len(skipped) == 1 and "broken" in skipped[0] and "not valid JSON" in skipped[0]

@@ -129,7 +129,7 @@ def test_pipeline_blends_image_queries_with_the_caption(parts):
         assert zero_shot.probabilities[label] == pytest.approx(expected, abs=1e-4)
     assert vote_only.probabilities["Edema"] != zero_shot.probabilities["Edema"]
     differential = {d.condition: d.probability for d in zero_shot.report.differential}
-    assert all(zero_shot.probabilities[label] == p for label, p in differential.items())
+    assert differential and all(zero_shot.probabilities[k] == p for k, p in differential.items())
     text = DiagnosisPipeline(engine, captioner, OfflineWriter(), k=3, zero_shot_weight=1.0)
     assert text.diagnose(text="level two pleural effusion.").zero_shot_weight == 0.0
 

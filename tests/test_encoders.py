@@ -114,6 +114,18 @@ def test_missing_directory_and_missing_files(tiny, tmp_path):
         DualEncoder.load(directory)
 
 
+def test_model_info_without_loading_the_weights(tiny, tmp_path):
+    from medxpert.encoders.model import read_model_info
+
+    directory = tiny.save(tmp_path / "model")
+    assert read_model_info(directory)["fingerprint"] == tiny.fingerprint()
+    with pytest.raises(ModelNotFoundError, match="not a saved MedXpert model"):
+        read_model_info(tmp_path)
+    (directory / "medxpert.json").write_text("{truncated")
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        read_model_info(directory)
+
+
 def test_truncated_weights(tiny, tmp_path):
     directory = tiny.save(tmp_path / "model")
     weights = directory / "open_clip_model.safetensors"

@@ -494,6 +494,15 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def read_model_info(directory: str | Path) -> dict:
+    """What a saved model folder says about itself (`medxpert.json`: backbone, fingerprint,
+    training), without loading the weights."""
+    path = Path(directory) / INFO_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} not found: {directory} is not a saved MedXpert model.")
+    return _read_json(path)
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
