@@ -59,15 +59,22 @@ def test_nih_patients_do_not_cross_splits(shared_pack):
 
 
 @pytest.mark.parametrize("split", ["train", "val", "test"])
-def test_iu_pack_is_text_only_today(shared_pack, split):
+def test_iu_pack_pairs_every_image_with_its_study_report(shared_pack, split):
     root = shared_pack("iu_xray")
     expected = json.loads((root / "pack_summary.json").read_text())["splits"][split]
     cases = load_cases("iu_xray", split)
     assert len(cases) == expected["images"]
     assert len({c.study_id for c in cases}) == expected["studies"]
     assert sum(c.view == "frontal" for c in cases) == expected["frontal_images"]
-    assert not any(c.has_image for c in cases) and all(c.has_text for c in cases)
+    assert sum(c.view == "lateral" for c in cases) == expected["lateral_images"]
+    assert all(c.has_image and c.has_text for c in cases)
     assert all("FINDINGS:" in c.report or "IMPRESSION:" in c.report for c in cases)
+    # the views of one study share its one report
+    reports: dict[str, set[str]] = {}
+    for case in cases:
+        reports.setdefault(case.study_id, set()).add(case.text())
+    assert all(len(texts) == 1 for texts in reports.values())
+    assert open_image(cases[0].image_path).size == (256, 256)
 
 
 def test_iu_reader_uses_images_once_they_are_added(shared_pack, tmp_path):

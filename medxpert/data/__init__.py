@@ -18,21 +18,27 @@ from medxpert.data.images import ACCEPTED, open_image
 from medxpert.data.locate import find_pack
 from medxpert.data.registry import load_cases, reader_options, sources
 from medxpert.data.report_sections import findings_and_impression, split_sections
+from medxpert.data.study import Study, group_studies, normalise_report, report_groups, study_key
 
 __all__ = [
     "ACCEPTED",
     "SPLITS",
     "VIEWS",
     "Case",
+    "Study",
     "cases_from_frame",
     "cases_to_frame",
     "find_pack",
     "findings_and_impression",
+    "group_studies",
     "join_sections",
     "load_cases",
+    "normalise_report",
     "normalise_view",
     "open_image",
     "reader_options",
+    "report_groups",
     "sources",
     "split_sections",
+    "study_key",
 ]
