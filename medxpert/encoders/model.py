@@ -38,6 +38,7 @@ from medxpert.encoders.registry import (
     Backbone,
     get_backbone,
 )
+from medxpert.encoders.staged import FeatureCache, ImageStages, TextStages, image_key, text_key
 from medxpert.encoders.tokenizer import TextTokenizer
 from medxpert.encoders.transforms import Augmentation, image_transform
 from medxpert.encoders.weights import efficientnet_lite0_imagenet, text_tower_path
@@ -73,6 +74,11 @@ class DualEncoder:
         self.preprocess = preprocess
         self.device = device
         self.info = info or {}
+        self.model.requires_grad_(False)  # fine-tuning unfreezes what it trains
+        self._cache_root: Path | None = None
+        self._caches: dict[str, FeatureCache] = {}
+        self._image_split: ImageStages | None = None
+        self._text_split: TextStages | None = None
 
     # --- construction ------------------------------------------------------------------
     @classmethod
@@ -192,11 +198,120 @@ class DualEncoder:
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts))
 
+    # --- cached frozen stages ------------------------------------------------------------
+    def use_feature_cache(
+        self, directory: str | Path | None, *, image_stages: int | None = None
+    ) -> None:
+        """Keep the output of the towers' frozen parts on disk under `directory` (None: stop).
+
+        The image tower is split after `image_stages` trunk stages (default: the frozen
+        stages this model was trained with); texts are cached while the whole text
+        transformer is frozen (no parameter that requires a gradient). Caching changes no
+        vector: the cache in use is the one named by a hash of the current prefix weights."""
+        self._cache_root = Path(directory) if directory is not None else None
+        self._image_split = self._text_split = None
+        if directory is None:
+            return
+        frozen = (self.info.get("training") or {}).get("config", {})
+        stages = image_stages if image_stages is not None else frozen.get("frozen_image_stages")
+        if stages is not None and ImageStages.supports(self.model.visual):
+            self._image_split = ImageStages(self.model.visual, stages)
+        if TextStages.supports(self.model):
+            self._text_split = TextStages(self.model.text)
+
+    @property
+    def image_stages(self) -> ImageStages | None:
+        return self._image_split
+
+    def _cache(self, fingerprint: str) -> FeatureCache:
+        if fingerprint not in self._caches:
+            self._caches[fingerprint] = FeatureCache(self._cache_root, fingerprint)
+        return self._caches[fingerprint]
+
+    def image_prefix_features(
+        self, images: Sequence[ImageSource], batch_size: int = 32, progress: bool | None = None
+    ) -> torch.Tensor:
+        """The frozen image stages' output for `images`, from the cache where it has them."""
+        split = self._image_split
+        if split is None:
+            raise ValueError("no image feature cache: call use_feature_cache() first")
+        transform = self.image_transform()
+        return self._cached_prefix(
+            images,
+            [image_key(image) for image in images],
+            self._cache(split.fingerprint(self.preprocess)),
+            lambda chunk: split.prefix(
+                torch.stack([transform(open_image(image)) for image in chunk]).to(self.device)
+            ),
+            batch_size,
+            "image features",
+            progress,
+        )
+
+    def text_prefix_features(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool | None = None
+    ) -> torch.Tensor:
+        """The frozen text transformer's pooled output for `texts`, cached."""
+        split = self._text_split
+        if split is None:
+            raise ValueError("no text feature cache: call use_feature_cache() first")
+        return self._cached_prefix(
+            texts,
+            [text_key(text) for text in texts],
+            self._cache(split.fingerprint(str(self.tokenizer.context_length))),
+            lambda chunk: split.prefix(self.tokenize(chunk).to(self.device)),
+            batch_size,
+            "text features",
+            progress,
+        )
+
+    def text_tower_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.model.text.transformer.parameters())
+
+    def _cached_prefix(self, items, keys, cache, compute, batch_size, description, progress):
+        missing = [i for i, key in enumerate(keys) if key is None or key not in cache]
+        steps = -(-len(missing) // batch_size)
+        show = steps > 4 if progress is None else progress
+        fresh: dict[int, np.ndarray] = {}
+        training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            for start in tqdm(
+                range(0, len(missing), batch_size),
+                total=steps,
+                desc=description,
+                unit="batch",
+                disable=not show,
+            ):
+                chunk = missing[start : start + batch_size]
+                features = compute([items[i] for i in chunk]).float().cpu().numpy()
+                fresh.update(zip(chunk, features, strict=True))
+                cached = [(keys[i], features[j]) for j, i in enumerate(chunk) if keys[i]]
+                if cached:
+                    cache.put([k for k, _ in cached], np.stack([f for _, f in cached]))
+        self.model.train(training)
+        if not items:
+            return torch.empty(0)
+        rows = [fresh[i] if i in fresh else cache.get(key) for i, key in enumerate(keys)]
+        stacked = np.stack(rows)
+        return torch.from_numpy(stacked.astype(np.float32))
+
+    # --- encoding ----------------------------------------------------------------------
     def encode_images(
         self, images: Sequence[ImageSource], batch_size: int = 32, progress: bool | None = None
     ) -> np.ndarray:
         """Embed images (paths, bytes or PIL images; PNG, JPEG or DICOM) → (n, d) float32,
         L2-normalised. Unreadable images raise `InvalidImageError`."""
+        if self._image_split is not None and len(images) > 1:
+            features = self.image_prefix_features(images, batch_size, progress)
+            return self._encode(
+                features.split(batch_size * 4),
+                len(images),
+                batch_size * 4,
+                self._image_split.suffix,
+                "embedding images",
+                False,
+            )
         transform = self.image_transform()
 
         def batches() -> Iterator[torch.Tensor]:
@@ -217,6 +332,16 @@ class DualEncoder:
         self, texts: Sequence[str], batch_size: int = 64, progress: bool | None = None
     ) -> np.ndarray:
         """Embed texts → (n, d) float32, L2-normalised."""
+        if self._text_split is not None and len(texts) > 1 and self.text_tower_frozen():
+            features = self.text_prefix_features(texts, batch_size, progress)
+            return self._encode(
+                features.split(batch_size * 4),
+                len(texts),
+                batch_size * 4,
+                self._text_split.suffix,
+                "embedding texts",
+                False,
+            )
 
         def batches() -> Iterator[torch.Tensor]:
             for start in range(0, len(texts), batch_size):
