@@ -37,6 +37,29 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="freeze parameters with this name prefix (repeatable)",
     )
     parser.add_argument("--no-freeze", action="store_true", help="train every layer")
+    parser.add_argument(
+        "--frozen-image-stages",
+        type=int,
+        help="freeze the image trunk's stem and first N stages (EfficientNet-style trunks)",
+    )
+    parser.add_argument(
+        "--frozen-text-layers",
+        type=int,
+        help="freeze the text tower's embeddings and first N layers (all: the tower is cached)",
+    )
+    parser.add_argument("--image-size", type=int, help="input resolution (default: backbone's)")
+    parser.add_argument(
+        "--shared-positives",
+        choices=("none", "text", "labels"),
+        help="paired batches: studies with the same report ('text') or the same labels "
+        "('labels') count as positives, not negatives",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run the frozen stages every step instead of once per image (slower; needed "
+        "for pixel-level augmentation)",
+    )
     parser.add_argument("--text-sections", help="comma-separated, default impression,findings")
     parser.add_argument("--image-image-weight", type=float)
     parser.add_argument("--no-augment", action="store_true")
@@ -66,6 +89,11 @@ def _run(args: argparse.Namespace) -> None:
         freeze=freeze,
         text_sections=tuple(args.text_sections.split(",")) if args.text_sections else None,
         image_image_weight=args.image_image_weight,
+        frozen_image_stages=args.frozen_image_stages,
+        frozen_text_layers=args.frozen_text_layers,
+        image_size=args.image_size,
+        shared_positives=args.shared_positives,
+        cache_features=False if args.no_cache else None,
         augment=False if args.no_augment else None,
         max_steps_per_epoch=args.max_steps_per_epoch,
         seed=args.seed,
@@ -83,6 +111,7 @@ def _run(args: argparse.Namespace) -> None:
         val_cases=val_cases,
         log_path=log_path,
         resume=args.resume,
+        feature_cache=settings.cache_dir / "features",
     )
     curves = training_curves(log_path, settings.results_dir / "train_curves.png")
     print(

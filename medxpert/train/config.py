@@ -16,6 +16,8 @@ TUNED: dict[str, dict[str, object]] = {
         "batch_size": 32,
         "lr_tower": 1e-4,
         "lr_head": 1e-3,
+        "frozen_image_stages": 5,
+        "frozen_text_layers": 6,
     },
 }
 
@@ -37,6 +39,13 @@ class TrainConfig:
     unpaired_weight: float = 1.0
     image_image_weight: float = 0.5
     text_sampling: str = "matched"  # unpaired reports: "matched" to each image's labels, "random"
+    shared_positives: str = "text"  # paired batches: "none", "text" (same report), "labels"
+    image_size: int | None = None  # input resolution; None: the backbone's
+    # Frozen depth by stage (EfficientNet-style image trunks, HF text towers); None: `freeze`
+    # or the backbone's own prefixes. A text tower frozen in all its layers is cached whole.
+    frozen_image_stages: int | None = None
+    frozen_text_layers: int | None = None
+    cache_features: bool = True  # run the frozen stages once per item, not once per step
     label_temperature: float = 0.1
     augment: bool = True
     amp: bool = True  # mixed precision, on CUDA only
@@ -53,6 +62,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2 for contrastive learning.")
+        if self.shared_positives not in ("none", "text", "labels"):
+            raise ConfigError("shared_positives must be 'none', 'text' or 'labels'.")
+        if self.image_size is not None and self.image_size < 32:
+            raise ConfigError(f"image_size must be at least 32, got {self.image_size}.")
         if self.text_sampling not in ("matched", "random"):
             raise ConfigError("text_sampling must be 'matched' or 'random'.")
         if not 0 <= self.warmup_fraction < 1:

@@ -10,29 +10,48 @@ a validation retrieval score; the best epoch's model is saved.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
 import shutil
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from medxpert.atomic import atomic_path
-from medxpert.data import Case
+from medxpert.data import Case, group_studies, report_groups
 from medxpert.encoders import Augmentation, DualEncoder
+from medxpert.encoders.staged import ImageStages
 from medxpert.errors import MedXpertError
-from medxpert.eval.retrieval_metrics import label_precision_at_k, recall_at_k
+from medxpert.eval.retrieval_metrics import (
+    group_recall_at_k,
+    knn_label_scores,
+    label_precision_at_k,
+)
 from medxpert.train.config import TrainConfig
-from medxpert.train.data import CaseImages, TrainingSets, label_matrix, training_sets
-from medxpert.train.losses import clip_loss, semantic_vectors, soft_clip_loss, soft_self_loss
+from medxpert.train.data import (
+    ImageFeed,
+    TextFeed,
+    TrainingSets,
+    label_matrix,
+    shared_positive_matrix,
+    training_sets,
+)
+from medxpert.train.losses import (
+    semantic_vectors,
+    shared_clip_loss,
+    soft_clip_loss,
+    soft_self_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +88,16 @@ def finetune(
     val_cases: Sequence[Case] = (),
     log_path: str | Path | None = None,
     resume: bool = False,
+    feature_cache: str | Path | None = None,
 ) -> TrainResult:
-    """Fine-tune `encoder` in place; the best epoch is saved to `out_dir` and loaded back."""
+    """Fine-tune `encoder` in place; the best epoch is saved to `out_dir` and loaded back.
+
+    `feature_cache`: the folder that keeps the frozen stages' outputs between runs (and for
+    the index build); None keeps them in a temporary folder for this run only."""
     start_time = time.perf_counter()
     out_dir = Path(out_dir)
     sets = training_sets(train_cases, config.text_sections)
-    if not sets.paired and not (sets.images and sets.texts):
+    if not sets.studies and not (sets.images and sets.texts):
         raise TrainingDataError(
             f"nothing to train on: {sets.describe()}. Fine-tuning needs image-report pairs, or "
             "both labelled images and labelled reports."
@@ -82,15 +105,14 @@ def finetune(
     logger.info("training on %s", sets.describe())
     _seed_everything(config.seed)
     model, device = encoder.model, encoder.device
-    frozen = _freeze(
-        model, config.freeze if config.freeze is not None else _default_freeze(encoder)
-    )
+    if config.image_size is not None:
+        encoder.preprocess = {**encoder.preprocess, "size": int(config.image_size)}
+    frozen = _freeze(model, _frozen_prefixes(encoder, config))
     optimizer = _optimizer(model, config)
     plan_length = len(_epoch_plan(sets, config, 0))
     total_updates = max(1, config.epochs * plan_length // config.grad_accum)
     scheduler = _scheduler(optimizer, total_updates, config.warmup_fraction)
     scaler, autocast = _mixed_precision(device, config.amp)
-    validator = Validator(encoder, val_cases, config.text_sections)
     checkpoints = out_dir.parent / f".{out_dir.name}.checkpoints"
     log = _TrainLog(log_path, append=resume)
     state = {
@@ -103,14 +125,46 @@ def finetune(
     }
     if resume:
         state = _load_checkpoint(checkpoints / "last.pt", model, optimizer, scheduler, state)
-    train_transform = encoder.image_transform(Augmentation() if config.augment else None)
+    with contextlib.ExitStack() as stack:
+        cached = config.cache_features and config.frozen_image_stages is not None
+        if config.cache_features:
+            cache_dir = feature_cache or stack.enter_context(tempfile.TemporaryDirectory())
+            encoder.use_feature_cache(cache_dir, image_stages=config.frozen_image_stages)
+            stack.callback(encoder.use_feature_cache, None)
+        stages = encoder.image_stages
+        cached = cached and stages is not None and not _trains_any(model, stages)
+        batches = _Batches(sets, encoder, config, cached=cached)
+        validator = Validator(encoder, val_cases, config.text_sections, gallery=sets.images)
+        _train_epochs(
+            encoder, config, sets, batches, validator, frozen, optimizer, scheduler, scaler,
+            autocast, state, log, out_dir, checkpoints, start_time,
+        )  # fmt: skip
 
+    best = DualEncoder.load(out_dir, device=str(device.type))
+    encoder.model.load_state_dict(best.model.state_dict())
+    encoder.info = best.info
+    encoder.model.eval().requires_grad_(False)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return TrainResult(
+        out_dir,
+        state["best_epoch"],
+        state["best_score"],
+        state["history"],
+        time.perf_counter() - start_time,
+    )
+
+
+def _train_epochs(
+    encoder, config, sets, batches, validator, frozen, optimizer, scheduler, scaler, autocast,
+    state, log, out_dir, checkpoints, start_time,
+) -> None:  # fmt: skip
+    model = encoder.model
     for epoch in range(state["epoch"], config.epochs):
         model.train()
         for module in frozen:
             module.eval()  # frozen batch-norm layers keep their pretrained statistics
         plan = _epoch_plan(sets, config, epoch)
-        batches = _Batches(sets, train_transform, config, epoch)
+        batches.start_epoch(epoch)
         window = _LossWindow()
         progress = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
         for position, kind in enumerate(progress):
@@ -172,19 +226,6 @@ def finetune(
             logger.info("early stop: no better validation score for %d epochs", state["stale"])
             break
 
-    best = DualEncoder.load(out_dir, device=str(device.type))
-    encoder.model.load_state_dict(best.model.state_dict())
-    encoder.info = best.info
-    encoder.model.eval()
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return TrainResult(
-        out_dir,
-        state["best_epoch"],
-        state["best_score"],
-        state["history"],
-        time.perf_counter() - start_time,
-    )
-
 
 class _LossWindow:
     """Mean losses over the steps since the last log record (one batch's loss is noisy)."""
@@ -208,10 +249,11 @@ class _LossWindow:
 
 # --- steps ----------------------------------------------------------------------------------
 def _epoch_plan(sets: TrainingSets, config: TrainConfig, epoch: int) -> list[str]:
-    """The kinds of this epoch's steps, shuffled (same order on resume)."""
+    """The kinds of this epoch's steps, shuffled (same order on resume): one pass over the
+    paired studies and one over the unpaired images."""
     batch = config.batch_size
-    paired = len(sets.paired) // batch
-    unpaired = len(sets.images) // batch if sets.texts and len(sets.texts) >= batch else 0
+    paired = len(sets.studies) // batch
+    unpaired = len(sets.images) // batch if len(sets.texts) >= 1 else 0
     if paired == 0 and unpaired == 0:
         raise TrainingDataError(
             f"batch size {batch} is larger than the training data ({sets.describe()})."
@@ -222,49 +264,86 @@ def _epoch_plan(sets: TrainingSets, config: TrainConfig, epoch: int) -> list[str
 
 
 class _Batches:
-    """Endless shuffled batches of each kind for one epoch."""
+    """Shuffled batches of each kind, epoch by epoch, as embeddings from the feeds."""
 
-    def __init__(self, sets: TrainingSets, transform, config: TrainConfig, epoch: int) -> None:
+    def __init__(
+        self, sets: TrainingSets, encoder: DualEncoder, config: TrainConfig, *, cached: bool
+    ) -> None:
         self.sets, self.config = sets, config
-        self.rng = np.random.default_rng(config.seed * 1000 + epoch)
-        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-
-        def loader(cases: list[Case]) -> Iterator:
-            while True:
-                yield from DataLoader(
-                    CaseImages(cases, transform),
-                    batch_size=config.batch_size,
-                    shuffle=True,
-                    drop_last=True,
-                    generator=generator,
-                    num_workers=config.num_workers,
-                )
-
-        self.paired = loader(sets.paired) if len(sets.paired) >= config.batch_size else None
-        self.images = loader(sets.images) if len(sets.images) >= config.batch_size else None
+        paths: dict[str, int] = {}
+        for case in [image for study in sets.studies for image in study.images] + sets.images:
+            paths.setdefault(case.image_path, len(paths))
+        texts: dict[str, int] = {}
+        for study in sets.studies + sets.texts:
+            texts.setdefault(study.text(config.text_sections), len(texts))
+        augment = Augmentation() if config.augment else None
+        self.images = ImageFeed(
+            encoder, list(paths), cached=cached, augment=augment, seed=config.seed
+        )
+        self.texts = TextFeed(encoder, list(texts), cached=config.cache_features)
+        self.study_views = [[paths[c.image_path] for c in s.images] for s in sets.studies]
+        self.study_text = np.array(
+            [texts[s.text(config.text_sections)] for s in sets.studies], dtype=np.int64
+        )
+        self.study_labels = label_matrix(sets.studies)
+        self.unpaired_image = np.array([paths[c.image_path] for c in sets.images], np.int64)
+        self.pool_text = np.array(
+            [texts[s.text(config.text_sections)] for s in sets.texts], np.int64
+        )
         self.image_labels = semantic_vectors(label_matrix(sets.images))
-        self.text_labels = semantic_vectors(label_matrix(sets.texts))
-        self.text_labels_normalised = torch.nn.functional.normalize(self.text_labels, dim=1)
+        self.pool_labels = semantic_vectors(label_matrix(sets.texts))
+        self.pool_labels_normalised = F.normalize(self.pool_labels, dim=1)
+        self.start_epoch(0)
 
-    def paired_batch(self) -> tuple[torch.Tensor, list[str]]:
-        images, index = next(self.paired)
-        return images, [self.sets.paired[i].text(self.config.text_sections) for i in index]
+    def start_epoch(self, epoch: int) -> None:
+        seed = self.config.seed * 1000 + epoch
+        self.rng = np.random.default_rng(seed)
+        self.images.rng = np.random.default_rng(seed + 1)
+        self._order = {
+            "paired": self._cycle(len(self.sets.studies)),
+            "unpaired": self._cycle(len(self.sets.images)),
+        }
 
-    def unpaired_batch(self) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
-        images, index = next(self.images)
+    def _cycle(self, n: int):
+        while n >= self.config.batch_size:
+            order = self.rng.permutation(n)
+            for start in range(0, n - self.config.batch_size + 1, self.config.batch_size):
+                yield order[start : start + self.config.batch_size]
+
+    def paired(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image embeddings, text embeddings, positives matrix, study label vectors): one
+        view per study, drawn at random."""
+        chosen = next(self._order["paired"])
+        views = [self.rng.choice(self.study_views[i]) for i in chosen]
+        texts = [self.texts.texts[self.study_text[i]] for i in chosen]
+        positives = shared_positive_matrix(
+            texts, self.study_labels[chosen], self.config.shared_positives
+        )
+        return (
+            self.images.embed(views),
+            self.texts.embed(self.study_text[chosen]),
+            positives,
+            semantic_vectors(self.study_labels[chosen]),
+        )
+
+    def unpaired(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image embeddings, their labels, report embeddings, their labels): each image
+        brings a report of the pool with the most similar labels (ties broken at random), so
+        every row of the soft targets has a real positive."""
+        chosen = next(self._order["unpaired"])
+        image_labels = self.image_labels[chosen]
         if self.config.text_sampling == "matched":
-            # each image brings a report with the most similar labels (ties broken at random),
-            # so every row of the soft targets has a real positive
-            similarity = (
-                torch.nn.functional.normalize(self.image_labels[index], dim=1)
-                @ self.text_labels_normalised.T
-            ).numpy()
+            similarity = (F.normalize(image_labels, dim=1) @ self.pool_labels_normalised.T).numpy()
             jitter = self.rng.random(similarity.shape) * 1e-3
-            chosen = (similarity + jitter).argmax(axis=1)
+            reports = (similarity + jitter).argmax(axis=1)
         else:
-            chosen = self.rng.choice(len(self.sets.texts), self.config.batch_size, replace=False)
-        texts = [self.sets.texts[i].text(self.config.text_sections) for i in chosen]
-        return images, self.image_labels[index], texts, self.text_labels[chosen]
+            reports = self.rng.choice(len(self.sets.texts), len(chosen), replace=True)
+        return (
+            self.images.embed(self.unpaired_image[chosen]),
+            image_labels,
+            self.texts.embed(self.pool_text[reports]),
+            self.pool_labels[reports],
+        )
 
 
 def _step_losses(
@@ -273,28 +352,23 @@ def _step_losses(
     model, device = encoder.model, encoder.device
     scale = model.logit_scale.exp()
     if kind == "paired":
-        images, texts = batches.paired_batch()
-        image_features = model.encode_image(images.to(device), normalize=True)
-        text_features = model.encode_text(encoder.tokenize(texts).to(device), normalize=True)
-        return {"paired_loss": clip_loss(image_features, text_features, scale)}
-    images, image_labels, texts, text_labels = batches.unpaired_batch()
+        images, texts, positives, labels = batches.paired()
+        losses = {"paired_loss": shared_clip_loss(images, texts, scale, positives.to(device))}
+        labelled = labels.sum(dim=1) > 0
+        if config.image_image_weight and int(labelled.sum()) > 2:
+            losses["image_image_loss"] = config.image_image_weight * soft_self_loss(
+                images[labelled], scale, labels[labelled].to(device), config.label_temperature
+            )
+        return losses
+    images, image_labels, texts, text_labels = batches.unpaired()
     image_labels, text_labels = image_labels.to(device), text_labels.to(device)
-    image_features = model.encode_image(images.to(device), normalize=True)
-    text_features = model.encode_text(encoder.tokenize(texts).to(device), normalize=True)
     losses = {
         "unpaired_loss": config.unpaired_weight
-        * soft_clip_loss(
-            image_features,
-            text_features,
-            scale,
-            image_labels,
-            text_labels,
-            config.label_temperature,
-        )
+        * soft_clip_loss(images, texts, scale, image_labels, text_labels, config.label_temperature)
     }
     if config.image_image_weight:
         losses["image_image_loss"] = config.image_image_weight * soft_self_loss(
-            image_features, scale, image_labels, config.label_temperature
+            images, scale, image_labels, config.label_temperature
         )
     return losses
 
@@ -303,62 +377,106 @@ def _step_losses(
 class Validator:
     """Retrieval scores on the validation cases; `score` (their mean) drives early stopping.
 
-    report→image and image→image label precision at 10 (labelled sets), and image↔text
-    recall at 5 (paired sets), whichever the validation cases allow.
-    """
+    Paired studies (one frontal image per study, the pool = every validation study):
+    image→report and report→image recall@10, identical reports counting as one answer, and
+    image→report label P@10. Labelled images without a report: kNN macro AUC of their labels
+    from the training images (`gallery`). Whichever the cases allow."""
 
-    def __init__(self, encoder: DualEncoder, cases: Sequence[Case], sections: Sequence[str]):
-        self.encoder = encoder
+    def __init__(
+        self,
+        encoder: DualEncoder,
+        cases: Sequence[Case],
+        sections: Sequence[str],
+        gallery: Sequence[Case] = (),
+    ) -> None:
+        self.encoder, self.sections = encoder, tuple(sections)
         sets = training_sets(cases, sections)
-        self.sections = sections
-        self.images, self.texts, self.pairs = sets.images, sets.texts, sets.paired
+        self.studies = [s for s in group_studies(cases) if s.query_image and s.text(sections)]
+        self.images, self.gallery = sets.images, list(gallery)
 
     def __call__(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
         encoder = self.encoder
-        if self.images and self.texts:
-            image_vectors = encoder.encode_images([c.image_path for c in self.images])
-            text_vectors = encoder.encode_texts([c.text(self.sections) for c in self.texts])
-            image_pos = semantic_vectors(label_matrix(self.images)).numpy() > 0
-            text_pos = semantic_vectors(label_matrix(self.texts)).numpy() > 0
-            metrics["report_to_image_p10"] = float(
-                label_precision_at_k(text_vectors @ image_vectors.T, text_pos, image_pos, 10).mean()
+        if len(self.studies) >= 5:
+            images = encoder.encode_images([s.query_image.image_path for s in self.studies])
+            texts_ = [s.text(self.sections) for s in self.studies]
+            reports = encoder.encode_texts(texts_)
+            groups = report_groups(texts_)
+            similarity = images @ reports.T
+            k = min(10, len(self.studies) - 1)
+            metrics[f"image_to_report_r{k}"] = float(
+                group_recall_at_k(similarity, groups, groups, k).mean()
             )
-            if len(self.images) > 10:
-                metrics["image_to_image_p10"] = float(
-                    label_precision_at_k(
-                        image_vectors @ image_vectors.T, image_pos, image_pos, 10, exclude_self=True
-                    ).mean()
+            metrics[f"report_to_image_r{k}"] = float(
+                group_recall_at_k(similarity.T, groups, groups, k).mean()
+            )
+            positives = label_matrix(self.studies) == 1
+            if positives.any():
+                metrics["image_to_report_p10"] = float(
+                    label_precision_at_k(similarity, positives, positives, 10).mean()
                 )
-        if len(self.pairs) >= 5:
-            image_vectors = encoder.encode_images([c.image_path for c in self.pairs])
-            text_vectors = encoder.encode_texts([c.text(self.sections) for c in self.pairs])
-            similarity = image_vectors @ text_vectors.T
-            metrics["pair_r5"] = float(
-                (recall_at_k(similarity, 5).mean() + recall_at_k(similarity.T, 5).mean()) / 2
-            )
+        if self.images and len(self.gallery) > 10:
+            auc = self._knn_auc()
+            if auc is not None:
+                metrics["image_knn_auc"] = auc
         if metrics:
             metrics["score"] = float(np.mean(list(metrics.values())))
         return metrics
 
+    def _knn_auc(self) -> float | None:
+        from sklearn.metrics import roc_auc_score
+
+        queries = self.encoder.encode_images([c.image_path for c in self.images])
+        gallery = self.encoder.encode_images([c.image_path for c in self.gallery])
+        truth = label_matrix(self.images)
+        scores = knn_label_scores(queries @ gallery.T, label_matrix(self.gallery) == 1, 25)
+        aucs = [
+            roc_auc_score(truth[known, label] == 1, scores[known, label])
+            for label in range(truth.shape[1])
+            if (known := np.isin(truth[:, label], (0, 1))).any()
+            and 5 <= (truth[known, label] == 1).sum() < known.sum()
+        ]
+        return float(np.mean(aucs)) if aucs else None
+
 
 # --- optimisation ------------------------------------------------------------------------------
-def _default_freeze(encoder: DualEncoder) -> tuple[str, ...]:
+def _frozen_prefixes(encoder: DualEncoder, config: TrainConfig) -> tuple[str, ...]:
+    """`config.freeze` when given; else the backbone's prefixes, with the image and text
+    towers' part replaced by `frozen_image_stages` / `frozen_text_layers` when those are set."""
+    if config.freeze is not None:
+        return tuple(config.freeze)
     from medxpert.encoders import get_backbone
 
     try:
-        return get_backbone(encoder.backbone).freeze
+        prefixes = get_backbone(encoder.backbone).freeze
     except MedXpertError:
-        return ()
+        prefixes = ()
+    model = encoder.model
+    if config.frozen_image_stages is not None and ImageStages.supports(model.visual):
+        stages = ImageStages(model.visual, config.frozen_image_stages)
+        prefixes = tuple(p for p in prefixes if not p.startswith("visual."))
+        prefixes += stages.frozen_parameter_prefixes()
+    layers = getattr(getattr(getattr(model, "text", None), "transformer", None), "encoder", None)
+    if config.frozen_text_layers is not None and layers is not None:
+        prefixes = tuple(p for p in prefixes if not p.startswith("text."))
+        if config.frozen_text_layers >= len(layers.layer):
+            prefixes += ("text.transformer.",)
+        else:
+            prefixes += ("text.transformer.embeddings.",)
+            prefixes += tuple(
+                f"text.transformer.encoder.layer.{i}." for i in range(config.frozen_text_layers)
+            )
+    return prefixes
 
 
 def _freeze(model: torch.nn.Module, prefixes: Sequence[str]) -> list[torch.nn.Module]:
-    """Freeze parameters whose names start with any prefix; returns fully frozen modules."""
+    """Train every parameter but those whose names start with a prefix; returns the fully
+    frozen modules."""
     count = 0
     for name, parameter in model.named_parameters():
-        if any(name.startswith(prefix) for prefix in prefixes):
-            parameter.requires_grad_(False)
-            count += parameter.numel()
+        frozen = any(name.startswith(prefix) for prefix in prefixes)
+        parameter.requires_grad_(not frozen)
+        count += parameter.numel() if frozen else 0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("frozen %.1fM parameters, training %.1fM", count / 1e6, trainable / 1e6)
     return [
@@ -367,6 +485,11 @@ def _freeze(model: torch.nn.Module, prefixes: Sequence[str]) -> list[torch.nn.Mo
         if list(module.parameters(recurse=False))
         and not any(p.requires_grad for p in module.parameters(recurse=False))
     ]
+
+
+def _trains_any(model: torch.nn.Module, stages: ImageStages) -> bool:
+    prefixes = stages.frozen_parameter_prefixes()
+    return any(p.requires_grad for n, p in model.named_parameters() if n.startswith(prefixes))
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -38,6 +38,20 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
+def shared_clip_loss(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, positives: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE where `positives` (n, n, boolean, diagonal set) marks the pairs that
+    count as matches: each row's target spreads evenly over its positives, so two studies with
+    the same report are not taught to be each other's negatives."""
+    logits = logit_scale * image @ text.T
+    targets = positives.float() / positives.float().sum(dim=1, keepdim=True)
+    targets_t = positives.T.float() / positives.T.float().sum(dim=1, keepdim=True)
+    loss_i = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    loss_t = -(targets_t * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    return (loss_i + loss_t) / 2
+
+
 def soft_targets(
     labels_a: torch.Tensor, labels_b: torch.Tensor, temperature: float
 ) -> torch.Tensor:
