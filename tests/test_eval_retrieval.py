@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -13,13 +14,20 @@ from medxpert.eval.bootstrap import bootstrap_auc, bootstrap_mean, roc_auc
 from medxpert.eval.results import write_results
 from medxpert.eval.retrieval import Embedder, RetrievalSets, balanced_queries, cached, evaluate
 from medxpert.eval.retrieval_metrics import (
+    chance_group_mrr,
+    chance_group_recall,
     chance_label_precision,
     class_precision_at_k,
+    effective_rank,
+    group_recall_at_k,
+    group_reciprocal_rank,
     knn_label_scores,
     label_precision_at_k,
+    mean_top1_cosine,
     recall_at_k,
     reciprocal_rank,
     top_k,
+    uniformity,
 )
 from medxpert.labels import CHEXPERT_LABELS, LABEL_INDEX, label_vector
 
@@ -93,80 +101,141 @@ def test_bootstrap_mean_is_seeded_and_brackets_the_mean():
 CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
 
-def labelled_cases(split: str, n: int, with_image: bool) -> list[Case]:
+def labelled_images(split: str, n: int) -> list[Case]:
+    """Labelled images without a report (NIH-like), one class each."""
+    return [
+        Case(
+            case_id=f"{split}:img{i}",
+            source="nih_cxr14",
+            split=split,
+            labels=label_vector({c: int(c == CLASSES[i % 5]) for c in CLASSES}),
+            image_path=f"{CLASSES[i % 5]}|{split}img{i}",
+        )
+        for i in range(n)
+    ]
+
+
+def paired_studies(split: str, n: int, shared_report_every: int = 0) -> list[Case]:
+    """IU-like studies: a lateral and a frontal view sharing one report and its labels. With
+    `shared_report_every`, every such study repeats the report of the study before it."""
     cases = []
     for i in range(n):
-        label = CLASSES[i % len(CLASSES)]
-        cases.append(
-            Case(
-                case_id=f"{split}{with_image}:{i}",
-                source="t",
-                split=split,
-                study_id=f"{split}{with_image}:{i}",
-                labels=label_vector({c: int(c == label) for c in CLASSES}),
-                image_path=f"{label}|{i}" if with_image else "",
-                findings="" if with_image else f"{label}|{i}",
+        label = CLASSES[i % 5]
+        report = i - 1 if shared_report_every and i % shared_report_every == 1 else i
+        for view in ("lateral", "frontal"):
+            cases.append(
+                Case(
+                    case_id=f"{split}:s{i}:{view}",
+                    source="iu_xray",
+                    split=split,
+                    study_id=f"{split}:s{i}",
+                    view=view,
+                    labels=label_vector({c: int(c == label) for c in CLASSES}),
+                    image_path=f"{label}|{split}s{i}|{view}",
+                    findings=f"{CLASSES[report % 5]}|{split}s{report}",
+                )
             )
-        )
-    pairs = [
-        Case(
-            case_id=f"pair:{split}:{i}",
-            source="t",
-            split=split,
-            image_path=f"pair|{i}",
-            findings=f"pair|{i}",
-        )
-        for i in range(12)
-    ]
-    return cases + (pairs if with_image else [])
+    return cases
 
 
 def oracle(noise: float, seed: int = 0) -> Embedder:
-    """Vectors from the label (or pair id) in the 'path' / 'text', plus noise."""
+    """A study's images and report near one point (its class plus its own offset), plus noise;
+    a lone image near its class."""
     rng = np.random.default_rng(seed)
-    basis = {name: rng.normal(size=32) for name in (*CLASSES, *[f"pair{i}" for i in range(12)])}
+    bases: dict[str, np.ndarray] = {}
+
+    def basis(key: str) -> np.ndarray:
+        return bases.setdefault(key, rng.normal(size=32))
 
     def embed(items):
         if len(items) == 0:
             return np.empty((0, 32), np.float32)
         out = []
         for item in items:
-            kind, index = item.split("|")
-            key = f"pair{index}" if kind == "pair" else kind
-            out.append(basis[key] + noise * rng.normal(size=32))
+            label, own = item.split("|")[:2]
+            out.append(basis(label) + 0.7 * basis(own) + noise * rng.normal(size=32))
         out = np.array(out, dtype=np.float32)
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     return Embedder(images=embed, texts=embed)
 
 
+def test_the_views_of_a_study_are_one_query():
+    sets = RetrievalSets.from_cases(paired_studies("test", 30), paired_studies("train", 20))
+    studies = sets.paired["IU X-ray"]
+    assert len(studies) == 30, "two views, one study, one query"
+    assert all(s.query_image.view == "frontal" for s in studies)
+    queries, gallery = sets.knn["IU X-ray"]
+    assert len(queries) == 30 and len(gallery) == 20
+
+
+def test_identical_reports_are_one_answer():
+    """Study 1 repeats study 0's report: retrieving either report answers either query."""
+    groups = np.array([0, 0, 1])
+    similarity = np.array([[0.2, 0.9, 0.1], [0.9, 0.2, 0.1], [0.9, 0.8, 0.3]])
+    np.testing.assert_array_equal(group_recall_at_k(similarity, groups, groups, 1), [1, 1, 0])
+    np.testing.assert_allclose(group_reciprocal_rank(similarity, groups, groups), [1, 1, 1 / 3])
+    with pytest.raises(ValueError, match="match"):
+        group_recall_at_k(similarity, np.array([5, 0, 1]), groups, 1)
+
+
+def test_chance_recall_and_mrr_match_every_ranking():
+    groups = np.array([0, 0, 1, 2])
+    recalls, reciprocal = [], []
+    for order in itertools.permutations(range(4)):
+        similarity = np.tile(-np.argsort(order).astype(float), (4, 1))
+        recalls.append(group_recall_at_k(similarity, groups, groups, 2))
+        reciprocal.append(group_reciprocal_rank(similarity, groups, groups))
+    np.testing.assert_allclose(chance_group_recall(groups, groups, 2), np.mean(recalls, axis=0))
+    np.testing.assert_allclose(chance_group_mrr(groups, groups), np.mean(reciprocal, axis=0))
+
+
+def test_space_measures_tell_a_collapsed_space_from_a_spread_one():
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(200, 32))
+    spread /= np.linalg.norm(spread, axis=1, keepdims=True)
+    collapsed = np.ones((200, 32)) + 0.01 * rng.normal(size=(200, 32))
+    collapsed /= np.linalg.norm(collapsed, axis=1, keepdims=True)
+    assert mean_top1_cosine(collapsed) > 0.99 > 0.7 > mean_top1_cosine(spread)
+    assert uniformity(collapsed) > -0.1 and uniformity(spread) < -3
+    assert effective_rank(spread) > 25 and effective_rank(spread[:, :1]) == pytest.approx(1.0)
+
+
 def test_evaluate_every_protocol_good_model_beats_chance(tmp_path):
-    test = labelled_cases("test", 60, True) + labelled_cases("test", 30, False)
-    train = labelled_cases("train", 60, True)
+    test = paired_studies("test", 60, shared_report_every=6) + labelled_images("test", 60)
+    train = paired_studies("train", 40) + labelled_images("train", 60)
     sets = RetrievalSets.from_cases(test, train)
-    assert (len(sets.pairs), len(sets.images), len(sets.reports), len(sets.knn_gallery)) == (
-        12,
-        60,
-        30,
-        60,
-    )
-    rows = evaluate({"random": oracle(100.0), "good": oracle(0.1)}, sets, knn_k=5, n_boot=200)
+    assert len(sets.paired["IU X-ray"]) == 60 and len(sets.images["NIH"]) == 60
+    rows = evaluate({"random": oracle(100.0), "good": oracle(0.05)}, sets, knn_k=5, n_boot=200)
     tasks = {row.task for row in rows}
     assert {
-        "paired image→text",
-        "paired text→image",
-        "report→image",
-        "image→report",
-        "image→image",
-        "kNN AUC",
+        "IU X-ray studies image→report (pool 60)",
+        "IU X-ray studies report→image (pool 60)",
+        "IU X-ray studies image→report (60)",
+        "IU X-ray studies report→image (60)",
+        "IU X-ray studies image→image (60)",
+        "NIH image→image (60)",
+        "NIH image→IU X-ray report (60 × 60)",
+        "NIH kNN AUC (60 test, 60 train)",
+        "IU X-ray kNN AUC (60 test, 40 train)",
+        "embedding space: test images (120)",
+        "embedding space: test reports (60)",
     } <= tasks
-    assert any(task.startswith("report→image 5×") for task in tasks)
+    assert any("5×" in task for task in tasks)
+    r1 = next(r for r in rows if r.task.endswith("(pool 60)") and r.metric == "R@1")
+    # 10 studies repeat the report before them: 20 queries have two right answers
+    assert r1.estimates["chance"].value == pytest.approx((40 * 1 / 60 + 20 * 2 / 60) / 60)
+    assert r1.estimates["good"].value > 0.75
     for row in rows:
+        if row.task.startswith("embedding space"):
+            continue
         good, chance = row.estimates["good"], row.estimates["chance"]
         assert good.value > chance.value, (row.task, row.metric)
     macro = next(r for r in rows if r.metric.startswith("macro"))
     assert macro.estimates["good"].value > 0.95
     assert abs(macro.estimates["random"].value - 0.5) < 0.2
+    cosine = next(r for r in rows if r.metric == "mean top-1 cosine")
+    assert np.isnan(cosine.estimates["chance"].value)
 
     paths = write_results(
         rows,
@@ -185,14 +254,14 @@ def test_evaluate_every_protocol_good_model_beats_chance(tmp_path):
 
 
 def test_knn_auc_needs_ten_positives_per_label():
-    test = labelled_cases("test", 40, True)  # 8 positives per class: too few for an AUC
-    sets = RetrievalSets.from_cases(test, labelled_cases("train", 60, True))
+    test = labelled_images("test", 40)  # 8 positives per class: too few for an AUC
+    sets = RetrievalSets.from_cases(test, labelled_images("train", 60))
     rows = evaluate({"good": oracle(0.1)}, sets, knn_k=5, n_boot=50)
-    assert rows and not any(row.task == "kNN AUC" for row in rows)
+    assert rows and not any("kNN AUC" in row.task for row in rows)
 
 
 def test_balanced_queries_take_the_same_number_per_class():
-    cases = labelled_cases("test", 23, False)  # 5 classes: 5, 5, 5, 4, 4 single-label cases
+    cases = labelled_images("test", 23)  # 5 classes: 5, 5, 5, 4, 4 single-label cases
     queries, classes = balanced_queries(cases)
     assert len(queries) == 20
     assert [int((classes == LABEL_INDEX[c]).sum()) for c in CLASSES] == [4] * 5

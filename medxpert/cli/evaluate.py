@@ -107,9 +107,16 @@ def _run_retrieval(args: argparse.Namespace) -> None:
     tuned = DualEncoder.load(model_dir, device=settings.device)
     torch.manual_seed(0)  # the untuned model's new projection heads: the same every run
     untuned = DualEncoder.create(args.baseline or tuned.backbone, device=settings.device)
+    # the untuned towers share the frozen stages, so both read the same cached features
+    tuned.use_feature_cache(settings.cache_dir / "features")
+    untuned.use_feature_cache(
+        settings.cache_dir / "features",
+        image_stages=tuned.image_stages.frozen_stages if tuned.image_stages else None,
+    )
     sets = RetrievalSets.from_cases(
         load_sources(args.source, args.split), load_sources(args.source, "train")
     )
+    print(f"evaluating on {sets.describe()}")
     knn_k = args.knn_k or KNN_K
     tuned_images = tuned.encode_images
     if args.index:

@@ -1,34 +1,48 @@
-"""Retrieval evaluation: every protocol, for several models side by side, with chance.
+"""Retrieval evaluation, study by study: every protocol, for several models side by side, with
+chance.
 
 Protocols, on the test split:
-- paired (image + its own report): Recall@1/5/10 image→text and text→image, and MRR;
-- labelled (a hit shares a positive label with the query; No Finding counts): P@1/5/10 for
-  report→image (text-only test reports against the test images), image→report and
-  image→image (a query never retrieves itself);
-- class-balanced (MIMIC 5×200 style): the same number of queries per class for Atelectasis,
-  Cardiomegaly, Consolidation, Edema and Pleural Effusion (queries positive for exactly one
-  of them), P@10 for the query's class;
-- kNN pathology AUC: labels of each test image from the similarity-weighted labels of its
-  top-K train neighbours; per-label and macro AUC over labels with ≥ 10 test positives.
+- **paired studies** (each source with image + report studies, e.g. IU X-ray, COVID): one
+  frontal image per study is the image query, the study's report its target, the pool every
+  test study of that source. Recall@1/5/10 and MRR image→report and report→image. The views
+  of a study are never two queries, and studies whose reports are identical once normalised
+  count as one answer (a random ranking's figures, "chance", are exact for that rule);
+- **labelled studies**: label P@1/5/10 (a hit shares a positive label with the query; No
+  Finding counts) image→report, report→image and image→image within the labelled paired
+  studies, and image→image / image→report for labelled images without a report (NIH, against
+  the paired studies' reports); a query never retrieves itself;
+- **class-balanced** (MIMIC 5×200 style): the same number of queries per class for
+  Atelectasis, Cardiomegaly, Consolidation, Edema and Pleural Effusion, P@10 for the query's
+  class, image→image over all labelled test images (say N);
+- **kNN pathology AUC**: each test image's labels from the similarity-weighted labels of its
+  top-K train neighbours of the same source; per-label and macro AUC over labels with ≥ 10
+  test positives;
+- **embedding space**: mean top-1 neighbour cosine, uniformity and effective rank of the test
+  image and report vectors (a collapsed space has cosines near 1 and a low effective rank).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from medxpert.data import Case
+from medxpert.data import Case, Study, group_studies, report_groups
 from medxpert.eval.bootstrap import Estimate, bootstrap_auc, bootstrap_mean
 from medxpert.eval.retrieval_metrics import (
+    chance_group_mrr,
+    chance_group_recall,
     chance_label_precision,
     class_precision_at_k,
+    effective_rank,
+    group_recall_at_k,
+    group_reciprocal_rank,
     knn_label_scores,
     label_precision_at_k,
-    recall_at_k,
-    reciprocal_rank,
+    mean_top1_cosine,
+    uniformity,
 )
 from medxpert.labels import CHEXPERT_LABELS, LABEL_INDEX
 
@@ -38,6 +52,7 @@ K_VALUES = (1, 5, 10)
 BALANCED_CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 KNN_K = 25
 MIN_AUC_POSITIVES = 10
+SOURCE_NAMES = {"iu_xray": "IU X-ray", "nih_cxr14": "NIH", "covid_cxr": "COVID"}
 
 # An embedding function: (images or texts) → (n, d) L2-normalised vectors.
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -65,14 +80,21 @@ def cached(embed: Embed, cache: Mapping[str, np.ndarray]) -> Embed:
     return lookup
 
 
+def _labelled(labels: np.ndarray) -> bool:
+    return bool(np.any(labels == 1))
+
+
+def _name(source: str) -> str:
+    return SOURCE_NAMES.get(source, source)
+
+
 @dataclass(frozen=True)
 class RetrievalSets:
-    """The evaluation sets drawn from test (and train, for kNN) cases."""
+    """The evaluation sets, by source, drawn from test cases (and train cases for kNN)."""
 
-    pairs: list[Case]  # image + its own report
-    images: list[Case]  # labelled images without a report
-    reports: list[Case]  # labelled reports without an image, one per study
-    knn_gallery: list[Case]  # labelled train images, for kNN label voting
+    paired: dict[str, list[Study]]  # source → test studies with a query image and a report
+    images: dict[str, list[Case]]  # source → labelled test images of studies without a report
+    knn: dict[str, tuple[list[Case], list[Case]]] = field(default_factory=dict)
     sections: tuple[str, ...] = ("impression", "findings")
 
     @classmethod
@@ -82,26 +104,32 @@ class RetrievalSets:
         train: Sequence[Case],
         sections: Sequence[str] = ("impression", "findings"),
     ) -> RetrievalSets:
-        def labelled(case: Case) -> bool:
-            return bool(np.any(case.labels == 1))
-
-        pairs = [c for c in test if c.has_image and c.text(sections)]
-        images = [c for c in test if c.has_image and not c.text(sections) and labelled(c)]
-        reports, seen = [], set()
-        for case in test:
-            is_report = not case.has_image and case.text(sections) and labelled(case)
-            if is_report and case.study_id not in seen:
-                seen.add(case.study_id)
-                reports.append(case)
-        gallery = [c for c in train if c.has_image and not c.text(sections) and labelled(c)]
-        return cls(pairs, images, reports, gallery, tuple(sections))
+        paired: dict[str, list[Study]] = {}
+        images: dict[str, list[Case]] = {}
+        for study in group_studies(test):
+            if study.query_image is None:
+                continue
+            if study.text(sections):
+                paired.setdefault(_name(study.source), []).append(study)
+            elif _labelled(study.labels):
+                images.setdefault(_name(study.source), []).append(study.query_image)
+        gallery: dict[str, list[Case]] = {}
+        for study in group_studies(train):
+            if study.query_image is not None and _labelled(study.labels):
+                gallery.setdefault(_name(study.source), []).append(study.query_image)
+        knn = {}
+        for source, studies in paired.items():
+            queries = [s.query_image for s in studies if _labelled(s.labels)]
+            knn[source] = (queries, gallery.get(source, []))
+        for source, cases in images.items():
+            knn[source] = (cases, gallery.get(source, []))
+        return cls(paired, images, knn, tuple(sections))
 
     def describe(self) -> str:
-        return (
-            f"{len(self.pairs)} test pairs, {len(self.images)} labelled test images, "
-            f"{len(self.reports)} labelled test reports, {len(self.knn_gallery)} train images "
-            "for kNN"
-        )
+        parts = [f"{len(v)} {k} test studies (image + report)" for k, v in self.paired.items()]
+        parts += [f"{len(v)} labelled {k} test images" for k, v in self.images.items()]
+        parts += [f"{len(g)} {k} train images for kNN" for k, (_, g) in self.knn.items() if g]
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -120,106 +148,165 @@ def evaluate(
     seed: int = 0,
 ) -> list[Row]:
     """Every protocol the sets allow, for every model and for chance."""
-    rows: list[Row] = []
     vectors = {name: _embed_all(model, sets) for name, model in models.items()}
-    if len(sets.pairs) >= 2:
-        rows += _paired(vectors, len(sets.pairs), n_boot, seed)
-    if sets.images and sets.reports:
-        rows += _labelled(vectors, sets, n_boot, seed)
-        rows += _balanced(vectors, sets, n_boot, seed)
-    if len(sets.images) > 10:
-        rows += _image_to_image(vectors, sets, n_boot, seed)
-    if sets.images and sets.knn_gallery:
-        rows += _knn_auc(vectors, sets, knn_k, n_boot, seed)
+    rows: list[Row] = []
+    for source, studies in sets.paired.items():
+        if len(studies) >= 2:
+            rows += _paired(source, studies, vectors, sets.sections, n_boot, seed)
+    rows += _labelled_rows(sets, vectors, n_boot, seed)
+    rows += _balanced(sets, vectors, n_boot, seed)
+    for source, (queries, gallery) in sets.knn.items():
+        if queries and gallery:
+            rows += _knn_auc(source, queries, gallery, vectors, knn_k, n_boot, seed)
+    rows += _space(sets, vectors)
     return rows
 
 
 def _embed_all(model: Embedder, sets: RetrievalSets) -> dict[str, np.ndarray]:
-    text = [case.text(sets.sections) for case in sets.pairs]
+    paths = sorted(
+        {s.query_image.image_path for studies in sets.paired.values() for s in studies}
+        | {c.image_path for cases in sets.images.values() for c in cases}
+        | {c.image_path for q, g in sets.knn.values() for c in (*q, *g)}
+    )
+    texts = sorted({s.text(sets.sections) for v in sets.paired.values() for s in v})
     return {
-        "pair_images": model.images([c.image_path for c in sets.pairs]),
-        "pair_texts": model.texts(text),
-        "images": model.images([c.image_path for c in sets.images]),
-        "reports": model.texts([c.text(sets.sections) for c in sets.reports]),
-        "gallery": model.images([c.image_path for c in sets.knn_gallery]),
+        **dict(zip(paths, model.images(paths), strict=True)),
+        **{("text", t): v for t, v in zip(texts, model.texts(texts), strict=True)},
     }
 
 
-def _positives(cases: Sequence[Case]) -> np.ndarray:
-    return np.stack([case.labels == 1 for case in cases])
+def _images(vectors: dict, cases: Sequence[Case]) -> np.ndarray:
+    return np.stack([vectors[c.image_path] for c in cases])
 
 
-def _paired(vectors, n: int, n_boot: int, seed: int) -> list[Row]:
+def _reports(vectors: dict, studies: Sequence[Study], sections) -> np.ndarray:
+    return np.stack([vectors[("text", s.text(sections))] for s in studies])
+
+
+def _positives(items: Sequence[Case | Study]) -> np.ndarray:
+    return np.stack([item.labels == 1 for item in items])
+
+
+def _constant(value: float, n: int) -> Estimate:
+    return Estimate(value, value, value, n)
+
+
+def _paired(source, studies, vectors, sections, n_boot, seed) -> list[Row]:
+    groups = report_groups([s.text(sections) for s in studies])
+    n = len(studies)
     rows = []
-    harmonic = sum(1 / r for r in range(1, n + 1)) / n
-    for direction, (a, b) in {
-        "image→text": ("pair_images", "pair_texts"),
-        "text→image": ("pair_texts", "pair_images"),
-    }.items():
-        for k in K_VALUES:
-            estimates = {
-                name: bootstrap_mean(recall_at_k(v[a] @ v[b].T, k), n_boot, seed)
-                for name, v in vectors.items()
-            }
-            estimates["chance"] = Estimate(min(k / n, 1.0), min(k / n, 1.0), min(k / n, 1.0), n)
-            rows.append(Row(f"paired {direction}", f"R@{k}", estimates))
-        estimates = {
-            name: bootstrap_mean(reciprocal_rank(v[a] @ v[b].T), n_boot, seed)
+    for direction, transpose in (("image→report", False), ("report→image", True)):
+        task = f"{source} studies {direction} (pool {n})"
+        similarity = {
+            name: _images(v, [s.query_image for s in studies]) @ _reports(v, studies, sections).T
             for name, v in vectors.items()
         }
-        estimates["chance"] = Estimate(harmonic, harmonic, harmonic, n)
-        rows.append(Row(f"paired {direction}", "MRR", estimates))
+        if transpose:
+            similarity = {name: s.T for name, s in similarity.items()}
+        for k in K_VALUES:
+            estimates = {
+                name: bootstrap_mean(group_recall_at_k(s, groups, groups, k), n_boot, seed)
+                for name, s in similarity.items()
+            }
+            estimates["chance"] = bootstrap_mean(
+                chance_group_recall(groups, groups, k), n_boot, seed
+            )
+            rows.append(Row(task, f"R@{k}", estimates))
+        estimates = {
+            name: bootstrap_mean(group_reciprocal_rank(s, groups, groups), n_boot, seed)
+            for name, s in similarity.items()
+        }
+        estimates["chance"] = bootstrap_mean(chance_group_mrr(groups, groups), n_boot, seed)
+        rows.append(Row(task, "MRR", estimates))
     return rows
 
 
-def _precision_rows(
-    task, vectors, query_key, gallery_key, query_pos, gallery_pos, n_boot, seed, exclude_self=False
-) -> list[Row]:
-    chance = bootstrap_mean(chance_label_precision(query_pos, gallery_pos), n_boot, seed)
+def _precision_rows(task, similarity, query_pos, gallery_pos, n_boot, seed, same=False):
+    """P@K rows; `same`: queries and gallery are the same items (a query skips itself)."""
+    chance_values = chance_label_precision(query_pos, gallery_pos)
+    if same:  # a random ranking that never returns the query itself
+        n = len(gallery_pos)
+        chance_values = (chance_values * n - 1) / (n - 1)
+    chance = bootstrap_mean(chance_values, n_boot, seed)
     rows = []
     for k in K_VALUES:
         estimates = {
             name: bootstrap_mean(
-                label_precision_at_k(
-                    v[query_key] @ v[gallery_key].T, query_pos, gallery_pos, k, exclude_self
-                ),
+                label_precision_at_k(s, query_pos, gallery_pos, k, exclude_self=same),
                 n_boot,
                 seed,
             )
-            for name, v in vectors.items()
+            for name, s in similarity.items()
         }
-        estimates["chance"] = chance
-        rows.append(Row(task, f"P@{k}", estimates))
+        rows.append(Row(task, f"P@{k}", {**estimates, "chance": chance}))
     return rows
 
 
-def _labelled(vectors, sets: RetrievalSets, n_boot: int, seed: int) -> list[Row]:
-    image_pos, report_pos = _positives(sets.images), _positives(sets.reports)
-    return _precision_rows(
-        "report→image", vectors, "reports", "images", report_pos, image_pos, n_boot, seed
-    ) + _precision_rows(
-        "image→report", vectors, "images", "reports", image_pos, report_pos, n_boot, seed
-    )
-
-
-def _image_to_image(vectors, sets: RetrievalSets, n_boot: int, seed: int) -> list[Row]:
-    positives = _positives(sets.images)
-    chance_values = chance_label_precision(positives, positives)
-    # a random ranking that never returns the query itself
-    chance_values = (chance_values * len(sets.images) - 1) / (len(sets.images) - 1)
-    rows = _precision_rows(
-        "image→image",
-        vectors,
-        "images",
-        "images",
-        positives,
-        positives,
-        n_boot,
-        seed,
-        exclude_self=True,
-    )
-    chance = bootstrap_mean(chance_values, n_boot, seed)
-    return [Row(row.task, row.metric, {**row.estimates, "chance": chance}) for row in rows]
+def _labelled_rows(sets: RetrievalSets, vectors, n_boot, seed) -> list[Row]:
+    rows = []
+    sections = sets.sections
+    report_pool = [
+        (source, [s for s in studies if _labelled(s.labels)])
+        for source, studies in sets.paired.items()
+    ]
+    for source, studies in report_pool:
+        if len(studies) < 11:
+            continue
+        images = {n: _images(v, [s.query_image for s in studies]) for n, v in vectors.items()}
+        reports = {n: _reports(v, studies, sections) for n, v in vectors.items()}
+        pos = _positives(studies)
+        n = len(studies)
+        rows += _precision_rows(
+            f"{source} studies image→report ({n})",
+            {m: images[m] @ reports[m].T for m in vectors},
+            pos,
+            pos,
+            n_boot,
+            seed,
+        )
+        rows += _precision_rows(
+            f"{source} studies report→image ({n})",
+            {m: reports[m] @ images[m].T for m in vectors},
+            pos,
+            pos,
+            n_boot,
+            seed,
+        )
+        rows += _precision_rows(
+            f"{source} studies image→image ({n})",
+            {m: images[m] @ images[m].T for m in vectors},
+            pos,
+            pos,
+            n_boot,
+            seed,
+            same=True,
+        )
+    largest = max(report_pool, key=lambda item: len(item[1]), default=(None, []))
+    for source, cases in sets.images.items():
+        if len(cases) < 11:
+            continue
+        images = {m: _images(v, cases) for m, v in vectors.items()}
+        pos = _positives(cases)
+        rows += _precision_rows(
+            f"{source} image→image ({len(cases)})",
+            {m: images[m] @ images[m].T for m in vectors},
+            pos,
+            pos,
+            n_boot,
+            seed,
+            same=True,
+        )
+        pool_source, pool = largest
+        if len(pool) > 10:
+            rows += _precision_rows(
+                f"{source} image→{pool_source} report ({len(cases)} × {len(pool)})",
+                {m: images[m] @ _reports(v, pool, sections).T for m, v in vectors.items()},
+                pos,
+                _positives(pool),
+                n_boot,
+                seed,
+            )
+    return rows
 
 
 def balanced_queries(cases: Sequence[Case], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -237,36 +324,34 @@ def balanced_queries(cases: Sequence[Case], seed: int = 0) -> tuple[np.ndarray, 
     return queries.astype(int), classes
 
 
-def _balanced(vectors, sets: RetrievalSets, n_boot: int, seed: int) -> list[Row]:
-    rows = []
-    gallery_pos = _positives(sets.images)
-    for task, query_cases, query_key, same in (
-        ("report→image 5×N", sets.reports, "reports", False),
-        ("image→image 5×N", sets.images, "images", True),
-    ):
-        queries, classes = balanced_queries(query_cases, seed)
-        if len(queries) == 0:
-            logger.info("%s: no class has a single-label query; skipped", task)
-            continue
-        per_class = len(queries) // len(BALANCED_CLASSES)
-        estimates = {}
-        for name, v in vectors.items():
-            similarity = v[query_key][queries] @ v["images"].T
-            if same:  # never retrieve the query itself
-                similarity[np.arange(len(queries)), queries] = -np.inf
-            estimates[name] = bootstrap_mean(
-                class_precision_at_k(similarity, classes, gallery_pos, 10), n_boot, seed
-            )
-        prevalence = gallery_pos[:, classes].mean(axis=0)
-        estimates["chance"] = bootstrap_mean(prevalence, n_boot, seed)
-        rows.append(Row(task.replace("N", str(per_class)), "P@10 (query class)", estimates))
-    return rows
+def _balanced(sets: RetrievalSets, vectors, n_boot, seed) -> list[Row]:
+    cases = [s.query_image for v in sets.paired.values() for s in v if _labelled(s.labels)]
+    cases += [c for v in sets.images.values() for c in v]
+    if not cases:
+        return []
+    queries, classes = balanced_queries(cases, seed)
+    if len(queries) == 0:
+        logger.info("5×N: no class has a single-label query; skipped")
+        return []
+    per_class = len(queries) // len(BALANCED_CLASSES)
+    gallery_pos = _positives(cases)
+    estimates = {}
+    for name, v in vectors.items():
+        images = _images(v, cases)
+        similarity = images[queries] @ images.T
+        similarity[np.arange(len(queries)), queries] = -np.inf  # never the query itself
+        estimates[name] = bootstrap_mean(
+            class_precision_at_k(similarity, classes, gallery_pos, 10), n_boot, seed
+        )
+    estimates["chance"] = bootstrap_mean(gallery_pos[:, classes].mean(axis=0), n_boot, seed)
+    task = f"test images image→image 5×{per_class} ({len(cases)} images)"
+    return [Row(task, "P@10 (query class)", estimates)]
 
 
-def _knn_auc(vectors, sets: RetrievalSets, k: int, n_boot: int, seed: int) -> list[Row]:
-    truth = np.stack([case.labels for case in sets.images]).astype(np.float64)
+def _knn_auc(source, queries, gallery, vectors, k, n_boot, seed) -> list[Row]:
+    truth = np.stack([case.labels for case in queries]).astype(np.float64)
     truth[truth == -1] = np.nan  # uncertain: neither positive nor negative
-    gallery = np.stack([case.labels for case in sets.knn_gallery]) == 1
+    gallery_pos = _positives(gallery)
     counts, negatives = np.sum(truth == 1, axis=0), np.sum(truth == 0, axis=0)
     labels = [
         i
@@ -275,32 +360,47 @@ def _knn_auc(vectors, sets: RetrievalSets, k: int, n_boot: int, seed: int) -> li
     ]
     if not labels:
         logger.info(
-            "kNN AUC: no label has %d test positives and a negative; skipped", MIN_AUC_POSITIVES
+            "kNN AUC %s: no label has %d test positives; skipped", source, MIN_AUC_POSITIVES
         )
         return []
     per_model = {}
     for name, v in vectors.items():
-        scores = knn_label_scores(v["images"] @ v["gallery"].T, gallery, k)
+        scores = knn_label_scores(_images(v, queries) @ _images(v, gallery).T, gallery_pos, k)
         per_model[name] = bootstrap_auc(truth[:, labels], scores[:, labels], n_boot, seed)
+    task = f"{source} kNN AUC ({len(queries)} test, {len(gallery)} train)"
+    half = _constant(0.5, len(truth))
     rows = [
         Row(
-            "kNN AUC",
+            task,
             f"{CHEXPERT_LABELS[label]} (n+={int(counts[label])})",
-            {
-                **{name: result[0][j] for name, result in per_model.items()},
-                "chance": Estimate(0.5, 0.5, 0.5, len(truth)),
-            },
+            {**{name: result[0][j] for name, result in per_model.items()}, "chance": half},
         )
         for j, label in enumerate(labels)
     ]
-    rows.append(
-        Row(
-            "kNN AUC",
-            f"macro ({len(labels)} labels)",
-            {
-                **{name: result[1] for name, result in per_model.items()},
-                "chance": Estimate(0.5, 0.5, 0.5, len(truth)),
-            },
-        )
-    )
+    macro = {name: result[1] for name, result in per_model.items()}
+    rows.append(Row(task, f"macro ({len(labels)} labels)", {**macro, "chance": half}))
+    return rows
+
+
+def _space(sets: RetrievalSets, vectors) -> list[Row]:
+    images = [s.query_image for v in sets.paired.values() for s in v]
+    images += [c for v in sets.images.values() for c in v]
+    studies = [s for v in sets.paired.values() for s in v]
+    rows = []
+    for kind, items, stack in (
+        ("images", images, lambda v: _images(v, images)),
+        ("reports", studies, lambda v: _reports(v, studies, sets.sections)),
+    ):
+        if len(items) < 3:
+            continue
+        task = f"embedding space: test {kind} ({len(items)})"
+        stacked = {name: stack(v) for name, v in vectors.items()}
+        nan = _constant(float("nan"), len(items))
+        for metric, measure in (
+            ("mean top-1 cosine", mean_top1_cosine),
+            ("uniformity", uniformity),
+            ("effective rank", effective_rank),
+        ):
+            estimates = {name: _constant(measure(s), len(items)) for name, s in stacked.items()}
+            rows.append(Row(task, metric, {**estimates, "chance": nan}))
     return rows

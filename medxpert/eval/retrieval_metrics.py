@@ -90,3 +90,90 @@ def knn_label_scores(
     weights = np.exp(weights - weights.max(axis=1, keepdims=True))
     weights /= weights.sum(axis=1, keepdims=True)
     return np.einsum("qk,qkl->ql", weights, gallery_labels[neighbours].astype(np.float64))
+
+
+# --- paired studies whose reports may repeat -------------------------------------------------
+def group_match_ranks(
+    similarity: np.ndarray, query_groups: np.ndarray, gallery_groups: np.ndarray
+) -> np.ndarray:
+    """1-based rank of each query's best match, where a match is any gallery item of the
+    query's group (e.g. every study whose report has the same normalised text as the query's
+    own: "No acute cardiopulmonary abnormality." written for many studies is one answer, not
+    several). Ties with non-matches count against the match, as in `match_ranks`."""
+    matches = query_groups[:, None] == gallery_groups[None, :]
+    if not matches.any(axis=1).all():
+        raise ValueError("every query needs at least one match in the gallery")
+    best = np.where(matches, similarity, -np.inf).max(axis=1, keepdims=True)
+    return ((similarity >= best) & ~matches).sum(axis=1) + 1
+
+
+def group_recall_at_k(
+    similarity: np.ndarray, query_groups: np.ndarray, gallery_groups: np.ndarray, k: int
+) -> np.ndarray:
+    """Per query: 1 when a match (same group) is among the top k."""
+    return (group_match_ranks(similarity, query_groups, gallery_groups) <= k).astype(np.float64)
+
+
+def group_reciprocal_rank(
+    similarity: np.ndarray, query_groups: np.ndarray, gallery_groups: np.ndarray
+) -> np.ndarray:
+    return 1.0 / group_match_ranks(similarity, query_groups, gallery_groups)
+
+
+def chance_group_recall(query_groups: np.ndarray, gallery_groups: np.ndarray, k: int) -> np.ndarray:
+    """Per query: the recall@k of a random ranking, 1 − C(n−m, k) / C(n, k) for m matches
+    among n gallery items."""
+    n = len(gallery_groups)
+    m = (query_groups[:, None] == gallery_groups[None, :]).sum(axis=1)
+    k = min(k, n)
+    miss = np.ones(len(m))
+    for i in range(k):  # C(n−m, k) / C(n, k) = Π (n−m−i) / (n−i)
+        miss *= np.clip(n - m - i, 0, None) / (n - i)
+    return 1 - miss
+
+
+def chance_group_mrr(query_groups: np.ndarray, gallery_groups: np.ndarray) -> np.ndarray:
+    """Per query: the expected reciprocal rank of the first match in a random ranking."""
+    n = len(gallery_groups)
+    m = (query_groups[:, None] == gallery_groups[None, :]).sum(axis=1)
+    ranks = np.arange(1, n + 1)
+    out = np.empty(len(m))
+    for value in np.unique(m):
+        # P(first match at rank r) = C(n−r, m−1) / C(n, m), computed as a ratio of products
+        first = np.zeros(n)
+        survive = 1.0
+        for r in ranks:
+            left = n - r + 1
+            first[r - 1] = survive * value / left
+            survive *= (left - value) / left
+            if survive <= 0:
+                break
+        out[m == value] = float((first / ranks).sum())
+    return out
+
+
+# --- the shape of an embedding space ---------------------------------------------------------
+def mean_top1_cosine(vectors: np.ndarray) -> float:
+    """Mean cosine of each vector to its nearest other vector (near 1: a collapsed space)."""
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    return float(similarity.max(axis=1).mean())
+
+
+def uniformity(vectors: np.ndarray, t: float = 2.0) -> float:
+    """Wang & Isola's uniformity, log E exp(−t‖x − y‖²) over distinct pairs: 0 when every
+    vector is the same, about −4 for points spread evenly on a high-dimensional sphere."""
+    squared = np.clip(2 - 2 * (vectors @ vectors.T), 0, None)
+    upper = np.triu_indices(len(vectors), k=1)
+    values = -t * squared[upper]
+    top = values.max()
+    return float(top + np.log(np.mean(np.exp(values - top))))
+
+
+def effective_rank(vectors: np.ndarray) -> float:
+    """Roy & Vetterli's effective rank of the centred vectors: exp of the entropy of the
+    normalised singular values (1 for a line, d for an isotropic cloud)."""
+    singular = np.linalg.svd(vectors - vectors.mean(axis=0), compute_uv=False)
+    p = singular / singular.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
