@@ -279,3 +279,79 @@ def test_default_encoder_embeds_real_xrays_and_reports(default_encoder, shared_p
     )
     similarity = texts @ texts.T
     assert similarity[0, 1] > similarity[0, 2], "the text tower is MiniLM, not random"
+
+
+# --- the frozen stages, run once and cached ---------------------------------------------------
+def xray_files(tmp_path, n: int = 5) -> list:
+    paths = []
+    for i in range(n):
+        path = tmp_path / f"x{i}.png"
+        path.write_bytes(png_bytes(gradient(low=10 * i, high=120 + 10 * i)))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("stages", [0, 2])
+def test_cached_frozen_stages_change_no_vector(tmp_path, stages):
+    encoder = tiny_encoder(tmp_path)
+    paths = xray_files(tmp_path)
+    fresh_images, fresh_texts = encoder.encode_images(paths), encoder.encode_texts(TEXTS)
+    encoder.use_feature_cache(tmp_path / "cache", image_stages=stages)
+    first = encoder.encode_images(paths)
+    encoder.use_feature_cache(tmp_path / "cache", image_stages=stages)  # a new process
+    np.testing.assert_allclose(first, fresh_images, atol=1e-6)
+    np.testing.assert_allclose(encoder.encode_images(paths), fresh_images, atol=1e-6)
+    np.testing.assert_allclose(encoder.encode_texts(TEXTS), fresh_texts, atol=1e-6)
+    assert len(list((tmp_path / "cache").glob("*/shard-*.npz"))) == 2, "images and texts"
+
+
+def test_the_cache_never_serves_features_of_other_weights_or_files(tmp_path):
+    encoder = tiny_encoder(tmp_path)
+    paths = xray_files(tmp_path)
+    encoder.use_feature_cache(tmp_path / "cache", image_stages=2)
+    encoder.encode_images(paths)
+    with torch.no_grad():  # the frozen stem changes: its old features must not be used
+        encoder.model.visual.trunk.conv_stem.weight.mul_(0.5)
+    np.testing.assert_allclose(
+        encoder.encode_images(paths), encode_uncached(encoder, paths), atol=1e-6
+    )
+    paths[0].write_bytes(png_bytes(gradient(low=200, high=250)))  # the file changes
+    np.testing.assert_allclose(
+        encoder.encode_images(paths), encode_uncached(encoder, paths), atol=1e-6
+    )
+
+
+def encode_uncached(encoder: DualEncoder, paths) -> np.ndarray:
+    stages = encoder.image_stages
+    encoder._image_split = None
+    try:
+        return encoder.encode_images(paths)
+    finally:
+        encoder._image_split = stages
+
+
+def test_a_corrupt_cache_shard_is_ignored(tmp_path, caplog):
+    encoder = tiny_encoder(tmp_path)
+    paths = xray_files(tmp_path)
+    encoder.use_feature_cache(tmp_path / "cache", image_stages=1)
+    expected = encoder.encode_images(paths)
+    for shard in (tmp_path / "cache").glob("*/shard-*.npz"):
+        shard.write_bytes(shard.read_bytes()[:100])
+    encoder.use_feature_cache(tmp_path / "cache", image_stages=1)
+    np.testing.assert_allclose(encoder.encode_images(paths), expected, atol=1e-6)
+    assert "unreadable" in caplog.text
+
+
+def test_default_towers_split_at_their_frozen_stages(default_encoder, tmp_path):
+    """The real EfficientNet-Lite0 trunk and MiniLM tower, run as prefix + suffix."""
+    from medxpert.encoders.staged import ImageStages, TextStages
+
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    model = default_encoder.model
+    split = ImageStages(model.visual, 5)
+    tokens = default_encoder.tokenize(TEXTS)
+    with torch.no_grad():
+        torch.testing.assert_close(split.suffix(split.prefix(x)), model.visual(x))
+        text = TextStages(model.text)
+        torch.testing.assert_close(text.suffix(text.prefix(tokens)), model.text(tokens))
+    assert split.frozen_parameter_prefixes()[-1] == "visual.trunk.blocks.4."

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from medxpert.data import Case
+from medxpert.data import Case, open_image
 from medxpert.encoders import DualEncoder
 from medxpert.errors import ConfigError
 from medxpert.eval.retrieval_metrics import recall_at_k
 from medxpert.labels import label_vector
 from medxpert.train import TrainConfig, TrainingDataError, finetune
 from medxpert.train import loop as loop_module
-from medxpert.train.losses import clip_loss, soft_clip_loss, soft_self_loss, soft_targets
+from medxpert.train.data import shared_positive_matrix, training_sets
+from medxpert.train.losses import (
+    clip_loss,
+    shared_clip_loss,
+    soft_clip_loss,
+    soft_self_loss,
+    soft_targets,
+)
 from tests.builders import TOY_WORDS, png_bytes, tiny_encoder
 
 LEVEL_WORDS = TOY_WORDS[TOY_WORDS.index("zero") : TOY_WORDS.index("fifteen") + 1]
@@ -252,3 +260,82 @@ def test_training_needs_usable_data(tmp_path):
         finetune(
             encoder, toy_pairs(tmp_path, n=4), toy_config(batch_size=8), out_dir=tmp_path / "m"
         )
+
+
+# --- studies --------------------------------------------------------------------------------------
+def test_identical_reports_are_shared_positives():
+    texts = ["No acute disease.", "no acute disease", "Small left effusion.", "Cardiomegaly."]
+    labels = np.full((4, 14), np.nan)
+    labels[2:, 0] = 1  # studies 2 and 3: the same labels, different reports
+    positives = shared_positive_matrix(texts, labels, "text")
+    np.testing.assert_array_equal(
+        positives.numpy(),
+        [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+    )
+    assert shared_positive_matrix(texts, labels, "none").numpy().sum() == 4
+    assert bool(shared_positive_matrix(texts, labels, "labels")[2, 3])
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    scale = torch.tensor(10.0)
+    torch.testing.assert_close(
+        shared_clip_loss(image, text, scale, torch.eye(3, dtype=torch.bool)),
+        clip_loss(image, text, scale),
+    )
+    # studies 0 and 1 share a report: each row's target is half on either of them
+    same = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    targets = torch.tensor([[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1]])
+    logits = scale * image @ text.T
+    by_hand = (
+        -(targets * torch.log_softmax(logits, 1)).sum(1).mean()
+        - (targets * torch.log_softmax(logits.T, 1)).sum(1).mean()
+    ) / 2
+    torch.testing.assert_close(shared_clip_loss(image, text, scale, same), by_hand)
+
+
+def toy_studies(tmp_path) -> list[Case]:
+    """The toy pairs as studies of two views each (a second, noisier image of the same
+    block), sharing their report."""
+    cases = []
+    for case in toy_pairs(tmp_path):
+        frontal = dataclasses.replace(case, study_id=f"{case.case_id}-study")
+        pixels = np.asarray(open_image(case.image_path), dtype=np.float64)
+        noisy = np.clip(pixels + np.random.default_rng(1).normal(0, 8, pixels.shape), 0, 255)
+        path = tmp_path / f"{case.case_id.replace(':', '_')}-lateral.png"
+        path.write_bytes(png_bytes(noisy.astype(np.uint8)))
+        lateral = dataclasses.replace(
+            frontal, case_id=f"{case.case_id}-lat", image_path=str(path), view="lateral"
+        )
+        cases += [lateral, frontal]
+    return cases
+
+
+def test_a_study_is_one_paired_item_whatever_its_views(tmp_path):
+    sets = training_sets(toy_studies(tmp_path), ("impression", "findings"))
+    assert len(sets.studies) == 16 and all(len(s.images) == 2 for s in sets.studies)
+    assert sets.studies[0].query_image.view == "frontal"
+
+
+def test_training_on_cached_frozen_stages_learns_and_embeds_each_image_once(tmp_path):
+    cases = toy_studies(tmp_path)
+    encoder = tiny_encoder(tmp_path)
+    frontals = [c for c in cases if c.view == "frontal"]
+    before = paired_recall(encoder, frontals, k=5)
+    config = toy_config(
+        epochs=20, freeze=None, frozen_image_stages=1, frozen_text_layers=1
+    )
+    cache = tmp_path / "features"
+    result = finetune(
+        encoder, cases, config, out_dir=tmp_path / "model", val_cases=cases, feature_cache=cache
+    )
+    assert paired_recall(encoder, frontals, k=5) >= before + 0.15
+    assert result.history[0]["image_to_report_r10"] >= 0
+    shards = list(cache.glob("*/shard-*.npz"))
+    keys = [key for shard in shards for key in np.load(shard)["keys"]]
+    assert len(keys) == len(set(keys)) == 32, "each of the 32 images through the stem once"
+    trained = DualEncoder.load(tmp_path / "model")
+    assert trained.info["training"]["config"]["frozen_image_stages"] == 1
+    frozen_stem = trained.model.visual.trunk.conv_stem.weight
+    torch.testing.assert_close(
+        frozen_stem, tiny_encoder(tmp_path).model.visual.trunk.conv_stem.weight
+    )

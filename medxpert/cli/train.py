@@ -62,12 +62,63 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--text-sections", help="comma-separated, default impression,findings")
     parser.add_argument("--image-image-weight", type=float)
+    parser.add_argument("--uniformity-weight", type=float, help="spread the vectors (0: off)")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps (quick runs)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     parser.set_defaults(run=_run)
+
+    tune = commands.add_parser(
+        "tune",
+        help="search fine-tuning settings with Optuna on the validation score",
+        description="Fine-tune one trial after another with sampled learning rates, "
+        "temperature, frozen stages, resolution, positives and epochs; each trial is scored "
+        "on the validation split (the training loop's validation score) and the poorer ones "
+        "are pruned. Trials go to an Optuna SQLite study under --out (resumable), with "
+        "Optuna's optimisation-history and parameter-importance plots. Test is never read.",
+    )
+    tune.add_argument("--backbone", default=None, help="backbone (default: MEDXPERT_ENCODER)")
+    add_source_arguments(tune)
+    tune.add_argument("--minutes", type=float, default=30.0, help="time budget (default 30)")
+    tune.add_argument("--trials", type=int, default=None, help="at most this many trials")
+    tune.add_argument(
+        "--study-name", default=None, help="Optuna study (default: BACKBONE-finetune)"
+    )
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    tune.add_argument("--out", type=Path, default=None, help="study folder (default: results/tune)")
+    tune.set_defaults(run=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> None:
+    from medxpert.train.tune import tune
+
+    settings = Settings.from_env()
+    backbone = args.backbone or settings.encoder
+    out = args.out or settings.results_dir / "tune"
+    result = tune(
+        backbone,
+        load_sources(args.source, "train"),
+        load_sources(args.source, "val"),
+        storage_dir=out,
+        minutes=args.minutes,
+        trials=args.trials,
+        study_name=args.study_name,
+        feature_cache=settings.cache_dir / "features",
+        device=args.device or settings.device,
+        seed=args.seed,
+    )
+    print(
+        f"best trial #{result.best_trial} of {result.trials}: validation score "
+        f"{result.best_value:.4f}"
+    )
+    for name, value in sorted(result.best_params.items()):
+        print(f"  {name} = {value}")
+    print(f"study: {result.storage}")
+    for name, path in result.plots.items():
+        print(f"{name} plot: {path}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -89,6 +140,7 @@ def _run(args: argparse.Namespace) -> None:
         freeze=freeze,
         text_sections=tuple(args.text_sections.split(",")) if args.text_sections else None,
         image_image_weight=args.image_image_weight,
+        uniformity_weight=args.uniformity_weight,
         frozen_image_stages=args.frozen_image_stages,
         frozen_text_layers=args.frozen_text_layers,
         image_size=args.image_size,

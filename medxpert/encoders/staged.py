@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,7 +102,7 @@ class FeatureCache:
             try:
                 with np.load(path, allow_pickle=False) as shard:
                     keys, features = shard["keys"], shard["features"]
-            except (OSError, ValueError, KeyError) as error:
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
                 logger.warning("feature cache: %s unreadable (%s); ignored", path, error)
                 continue
             self._shards.append(features)

@@ -38,6 +38,7 @@ class TrainConfig:
     text_sections: tuple[str, ...] = ("impression", "findings")
     unpaired_weight: float = 1.0
     image_image_weight: float = 0.5
+    uniformity_weight: float = 0.0  # spread the image and report vectors (0: off)
     text_sampling: str = "matched"  # unpaired reports: "matched" to each image's labels, "random"
     shared_positives: str = "text"  # paired batches: "none", "text" (same report), "labels"
     image_size: int | None = None  # input resolution; None: the backbone's

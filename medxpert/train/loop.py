@@ -18,7 +18,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,7 @@ from medxpert.train.losses import (
     shared_clip_loss,
     soft_clip_loss,
     soft_self_loss,
+    uniformity_loss,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,11 +90,13 @@ def finetune(
     log_path: str | Path | None = None,
     resume: bool = False,
     feature_cache: str | Path | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Fine-tune `encoder` in place; the best epoch is saved to `out_dir` and loaded back.
 
     `feature_cache`: the folder that keeps the frozen stages' outputs between runs (and for
-    the index build); None keeps them in a temporary folder for this run only."""
+    the index build); None keeps them in a temporary folder for this run only. `on_epoch`
+    is called with each epoch's number and validation score (it may raise to stop)."""
     start_time = time.perf_counter()
     out_dir = Path(out_dir)
     sets = training_sets(train_cases, config.text_sections)
@@ -137,7 +140,7 @@ def finetune(
         validator = Validator(encoder, val_cases, config.text_sections, gallery=sets.images)
         _train_epochs(
             encoder, config, sets, batches, validator, frozen, optimizer, scheduler, scaler,
-            autocast, state, log, out_dir, checkpoints, start_time,
+            autocast, state, log, out_dir, checkpoints, start_time, on_epoch,
         )  # fmt: skip
 
     best = DualEncoder.load(out_dir, device=str(device.type))
@@ -156,7 +159,7 @@ def finetune(
 
 def _train_epochs(
     encoder, config, sets, batches, validator, frozen, optimizer, scheduler, scaler, autocast,
-    state, log, out_dir, checkpoints, start_time,
+    state, log, out_dir, checkpoints, start_time, on_epoch,
 ) -> None:  # fmt: skip
     model = encoder.model
     for epoch in range(state["epoch"], config.epochs):
@@ -222,6 +225,8 @@ def _train_epochs(
             state["stale"] += 1
         state["epoch"] = epoch + 1
         _save_checkpoint(checkpoints / "last.pt", model, optimizer, scheduler, state)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, score)
         if state["stale"] >= config.patience:
             logger.info("early stop: no better validation score for %d epochs", state["stale"])
             break
@@ -354,6 +359,10 @@ def _step_losses(
     if kind == "paired":
         images, texts, positives, labels = batches.paired()
         losses = {"paired_loss": shared_clip_loss(images, texts, scale, positives.to(device))}
+        if config.uniformity_weight:
+            losses["uniformity_loss"] = (
+                config.uniformity_weight * (uniformity_loss(images) + uniformity_loss(texts)) / 2
+            )
         labelled = labels.sum(dim=1) > 0
         if config.image_image_weight and int(labelled.sum()) > 2:
             losses["image_image_loss"] = config.image_image_weight * soft_self_loss(
@@ -370,6 +379,8 @@ def _step_losses(
         losses["image_image_loss"] = config.image_image_weight * soft_self_loss(
             images, scale, image_labels, config.label_temperature
         )
+    if config.uniformity_weight:
+        losses["uniformity_loss"] = config.uniformity_weight * uniformity_loss(images)
     return losses
 
 

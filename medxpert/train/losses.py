@@ -8,6 +8,8 @@ towards every report that shares its findings, not towards one arbitrary "pair".
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -92,3 +94,11 @@ def soft_self_loss(
     targets = F.softmax((similarity / temperature).masked_fill(eye, float("-inf")), dim=1)
     log_probs = F.log_softmax(logits, dim=1).masked_fill(eye, 0.0)
     return -(targets * log_probs).sum(dim=1).mean()
+
+
+def uniformity_loss(features: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """Wang & Isola's uniformity, log E exp(−t‖x − y‖²) over the batch's distinct pairs: it
+    falls as the vectors spread over the sphere, against a space where every X-ray sits at
+    cosine 0.99 of every other."""
+    squared = torch.pdist(features, p=2).pow(2)
+    return torch.logsumexp(-t * squared, dim=0) - math.log(len(squared))
