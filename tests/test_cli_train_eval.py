@@ -8,6 +8,7 @@ import json
 import pytest
 
 from medxpert.cli import main
+from medxpert.data import load_cases
 from medxpert.encoders import DualEncoder
 from tests.builders import mini_packs
 
@@ -48,11 +49,17 @@ def test_train_then_evaluate(mini_data, tmp_path, monkeypatch, capsys):
 
     assert main(["eval", "retrieval", "--model", str(model_dir), "--bootstrap", "50"]) == 0
     printed = capsys.readouterr().out
-    assert "| report→image | P@10 |" in printed and "kNN AUC" in printed
+    assert "IU X-ray studies image→report (pool" in printed and "kNN AUC" in printed
     results = json.loads((tmp_path / "results" / "retrieval_metrics.json").read_text())
     assert results["split"] == "test" and results["baseline"] == "medxpert-default"
+    iu_test_studies = len({c.study_id for c in load_cases("iu_xray", "test")})
     tasks = {row["task"] for row in results["rows"]}
-    assert {"paired image→text", "report→image", "image→report", "image→image"} <= tasks
+    assert {
+        f"IU X-ray studies image→report (pool {iu_test_studies})",
+        f"IU X-ray studies report→image (pool {iu_test_studies})",
+    } <= tasks, "one query per study, not per image"
+    assert any(t.startswith("embedding space: test images") for t in tasks)
+    assert any(t.startswith("NIH kNN AUC") for t in tasks)
     for suffix in ("csv", "md", "png"):
         assert (tmp_path / "results" / f"retrieval_metrics.{suffix}").is_file()
 

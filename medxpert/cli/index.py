@@ -82,6 +82,7 @@ def _build(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     model_dir = args.model or settings.models_dir / settings.encoder
     encoder = DualEncoder.load(model_dir, device=settings.device)
+    encoder.use_feature_cache(settings.cache_dir / "features")  # the frozen stages, once
     splits = args.split or list(DEFAULT_SPLITS)
     cases = [case for split in splits for case in load_sources(args.source, split)]
     embeddings = embed_cases(encoder, cases, batch_size=args.batch_size)
