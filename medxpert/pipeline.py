@@ -3,12 +3,14 @@
     pipeline = DiagnosisPipeline.from_artifacts("models/medxpert-default",
                                                 "indexes/medxpert-default")
     diagnosis = pipeline.diagnose(image="cxr.png", note="fever, productive cough", k=10)
+    diagnosis = pipeline.diagnose(images=["frontal.png", "lateral.png"])   # one study
     print(diagnosis.report.to_markdown())
 
-Stages: encode the query (image, text, or image + note) → search the case library → caption
-the image → pathology probabilities (the similarity-weighted vote of the retrieved cases, blended
-with the captioner's zero-shot probabilities at the weight chosen on the validation split),
-ICD-10 suggestions and triage → the structured report.
+Stages: encode the query (an image or a study's images, a text, or either image query + note)
+→ search the case library for studies → caption the (first) image → pathology probabilities
+(the similarity-weighted vote of the retrieved studies, blended with the captioner's zero-shot
+probabilities at the weight chosen on the validation split), ICD-10 suggestions and triage →
+the structured report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,9 @@ from medxpert.caption import Caption, make_captioner
 from medxpert.data.images import ImageSource, open_image
 from medxpert.errors import QueryError
 from medxpert.report import ReportContext, StructuredReport, make_writer
-from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters, Hit, SearchEngine
+from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters, Fusion, Hit, SearchEngine
+from medxpert.retrieval.engine import study_vector
+from medxpert.retrieval.export import hit_record
 from medxpert.retrieval.probabilities import read_blend_weight
 
 logger = logging.getLogger(__name__)
@@ -45,22 +49,13 @@ class Diagnosis:
     zero_shot_weight: float = 0.0  # the probabilities' blend with the caption (0: vote alone)
 
     def to_dict(self) -> dict:
-        """JSON-ready: the report (with timings) and the ranked hits."""
+        """JSON-ready: the report (with timings) and the ranked hits, one per study, each with
+        its images and the evidence that matched (`retrieval.export.hit_record`)."""
         return {
             "report": self.report.model_dump(),
             "probabilities": self.probabilities,
             "zero_shot_weight": self.zero_shot_weight,
-            "hits": [
-                {
-                    "rank": hit.rank,
-                    "case_id": hit.case.case_id,
-                    "score": round(hit.score, 4),
-                    "modality": hit.modality,
-                    "source": hit.case.source,
-                    "image_path": hit.case.image_path,
-                }
-                for hit in self.hits
-            ],
+            "hits": [hit_record(hit) for hit in self.hits],
         }
 
 
@@ -87,13 +82,15 @@ class DiagnosisPipeline:
         writer_options: dict | None = None,
         blip_source: str | Path | None = None,
         zero_shot_weight: float | None = None,
+        fusion: Fusion | str | None = None,
     ) -> DiagnosisPipeline:
         """`writer_options` go to the writer, e.g. ``{"model": "gemini-2.5-pro"}`` or
         ``{"send_image": True}`` (the user's explicit consent to send the image).
         `zero_shot_weight` None takes the weight saved next to the index by `medxpert eval
-        blend` (0, the vote alone, when there is none)."""
+        blend` (0, the vote alone, when there is none); `fusion` None the fusion saved by
+        `medxpert eval fusion` (rrf when there is none)."""
         engine = SearchEngine.from_artifacts(
-            model_dir, index_dir, device=device, note_weight=note_weight
+            model_dir, index_dir, device=device, note_weight=note_weight, fusion=fusion
         )
         captioner_ = make_captioner(
             captioner, engine.encoder, blip_source=blip_source, models_dir=Path(model_dir).parent
@@ -123,29 +120,43 @@ class DiagnosisPipeline:
         text: str | None = None,
         note: str | None = None,
         *,
+        images: Sequence[ImageSource] | None = None,
         k: int | None = None,
         target: str = "both",
         filters: Filters | None = None,
         note_weight: float | None = None,
     ) -> Diagnosis:
-        """Diagnose an image (with an optional clinical note) or a text query. `note_weight`
+        """Diagnose an image, or several `images` of one study (frontal first: the caption is
+        of the first), with an optional clinical note; or a text query. `note_weight`
         overrides the engine's weight of the note for this query."""
         k = k or self.k
         timings: dict[str, float] = {}
-        if image is not None and text is not None:
+        if image is not None and images is not None:
+            raise QueryError("give one image as image or a study's images as images, not both.")
+        if images is not None and not images:
+            raise QueryError("the study query has no images.")
+        pictures = [image] if image is not None else list(images or ())
+        if pictures and text is not None:
             raise QueryError("give the clinical note of an image as note, not as text.")
         with _timed(timings, "encode"):
-            if image is not None:
-                image_vector = self.engine.encoder.encode_images([image], progress=False)
-                query = self.engine.with_note(image_vector, note, note_weight)
+            if pictures:
+                vectors = self.engine.encoder.encode_images(pictures, progress=False)
+                study = vectors if image is not None else study_vector(vectors)
+                query = self.engine.with_note(study, note, note_weight)
             else:
                 query = self.engine.query_vector(text=text, note=note)
         with _timed(timings, "search"):
-            hits = self.engine.search_vectors(query, k=k, target=target, filters=filters)[0]
+            hits = self.engine.search_vectors(
+                query,
+                k=k,
+                target=target,
+                filters=filters,
+                query_kind="image" if pictures else "text",
+            )[0]
         caption = None
-        if image is not None:
+        if pictures:
             with _timed(timings, "caption"):
-                caption = self.captioner.caption(image, vector=image_vector[0])
+                caption = self.captioner.caption(pictures[0], vector=vectors[0])
         with _timed(timings, "read-outs"):
             context = ReportContext.from_hits(
                 hits,
@@ -153,8 +164,8 @@ class DiagnosisPipeline:
                 caption=caption,
                 query_text=text,
                 note=note,
-                has_image=image is not None,
-                image_png=_png(image) if image is not None and self._may_send_image else None,
+                has_image=bool(pictures),
+                image_png=_png(pictures[0]) if pictures and self._may_send_image else None,
             )
         with _timed(timings, "write"):
             report = self.writer.write(context)

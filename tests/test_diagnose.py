@@ -168,3 +168,37 @@ def test_note_weight_per_query(pipeline):
     assert [h.score for h in whole.hits] == pytest.approx([h.score for h in text.hits], abs=1e-5)
     zero = pipeline.diagnose(image=image, note=note, target="reports", k=3, note_weight=0.0)
     assert [h.score for h in zero.hits] == pytest.approx([h.score for h in alone.hits], abs=1e-5)
+
+
+def test_a_study_query_is_diagnosed_as_one_study(pipeline):
+    frontal, lateral = png_bytes(gradient(low=20, high=160)), png_bytes(gradient(low=90, high=250))
+    study = pipeline.diagnose(images=[frontal, lateral], note="cough", k=4)
+    expected = pipeline.engine.search(images=[frontal, lateral], note="cough", k=4, target="both")
+    assert [h.study_id for h in study.hits] == [h.study_id for h in expected]
+    assert [h.score for h in study.hits] == pytest.approx([h.score for h in expected])
+    assert study.caption == pipeline.captioner.caption(frontal)  # the first image's caption
+    single = pipeline.diagnose(image=frontal, k=4)
+    assert single.caption == study.caption
+    with pytest.raises(QueryError, match="not both"):
+        pipeline.diagnose(image=frontal, images=[lateral])
+    with pytest.raises(QueryError, match="no images"):
+        pipeline.diagnose(images=[])
+
+
+def test_hits_and_citations_name_studies_with_their_evidence(pipeline):
+    diagnosis = pipeline.diagnose(text="level two pleural effusion.", k=3, target="both")
+    saved = json.loads(json.dumps(diagnosis.to_dict()))
+    for record, hit in zip(saved["hits"], diagnosis.hits, strict=True):
+        assert record["study_id"] == hit.study_id and record["case_id"] == hit.case.case_id
+        assert [i["case_id"] for i in record["images"]] == [c.case_id for c in hit.images]
+        assert [(e["modality"], e["case_id"], e["rank"]) for e in record["evidence"]] == [
+            (e.modality, e.case_id, e.rank) for e in hit.evidence
+        ]
+    hits = [
+        report_hit("a", 0.90, EFFUSION, {"Pleural Effusion": 1}, 1),
+        report_hit("b", 0.89, EFFUSION, {"Pleural Effusion": 1}, 2),
+    ]
+    report = OfflineWriter().write(context_of(hits))
+    cited = report.cited_cases[0]
+    assert (cited.case_id, cited.study_id, cited.matched) == ("a", "a", ["report 0.900 (#1)"])
+    assert "- study a (a; matched: report 0.900 (#1))" in report.to_markdown()

@@ -11,6 +11,8 @@ from pathlib import Path
 from medxpert.data import Case, load_cases
 
 SHARED_SOURCES = ("nih_cxr14", "iu_xray", "covid_cxr")
+# medxpert.retrieval.FUSION_METHODS, spelt out so that --help need not import torch
+FUSION_CHOICES = ("rrf", "calibrated", "rank", "max-cosine")
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,17 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--index", default=None, help="library name or folder (default: indexes/<MEDXPERT_ENCODER>)"
+    )
+
+
+def add_fusion_argument(parser: argparse.ArgumentParser) -> None:
+    """--fusion: how `--target both` puts the two indexes on one scale."""
+    parser.add_argument(
+        "--fusion",
+        choices=FUSION_CHOICES,
+        default=None,
+        help="how --target both fuses reports and images (default: the choice `medxpert eval "
+        "fusion` saved next to the index, else rrf)",
     )
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from medxpert import __version__
 from medxpert.atomic import atomic_directory
-from medxpert.data import Case, cases_from_frame, cases_to_frame
+from medxpert.data import Case, Study, cases_from_frame, cases_to_frame, group_studies, study_key
 from medxpert.data.case import TEXT_FIELDS
 from medxpert.encoders import DualEncoder
 from medxpert.errors import IndexFormatError, IndexNotFoundError
@@ -53,6 +53,8 @@ class CaseLibrary:
 
     def __post_init__(self) -> None:
         self._row_of = {case.case_id: row for row, case in enumerate(self.cases)}
+        self._study_rows: dict[str, list[int]] = {}
+        self._add_study_rows(0)
 
     # --- building ------------------------------------------------------------------------------
     @classmethod
@@ -109,6 +111,7 @@ class CaseLibrary:
         start = len(self.cases)
         self.cases.extend(new)
         self._row_of.update({case.case_id: start + i for i, case in enumerate(new)})
+        self._add_study_rows(start)
         image_rows, report_rows = _rows_to_embed(
             self.cases[start:], self.text_sections, offset=start, known_studies=indexed_studies
         )
@@ -136,6 +139,16 @@ class CaseLibrary:
 
     def row_of(self, case_id: str) -> int | None:
         return self._row_of.get(case_id)
+
+    def study_rows(self, study_id: str) -> tuple[int, ...]:
+        """The rows of a study (key: `study_key`, its study id or else its case id), in table
+        order; empty for an unknown study."""
+        return tuple(self._study_rows.get(study_id, ()))
+
+    def study(self, study_id: str) -> Study:
+        """A study's cases, frontal views first (`group_studies`); empty for an unknown one."""
+        cases = [self.cases[row] for row in self.study_rows(study_id)]
+        return group_studies(cases)[0] if cases else Study(study_id, ())
 
     def stored_vectors(self, modality: str) -> Embeddings:
         """The rows and vectors of one index, as stored (exact unless it compresses them:
@@ -242,6 +255,10 @@ class CaseLibrary:
                 "with this model (`medxpert index build --model ...`) or load the model it was "
                 "built with."
             )
+
+    def _add_study_rows(self, start: int) -> None:
+        for row in range(start, len(self.cases)):
+            self._study_rows.setdefault(study_key(self.cases[row]), []).append(row)
 
     def _index(self, modality: str, dim: int) -> VectorIndex:
         if modality not in self.indexes:

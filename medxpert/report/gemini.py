@@ -186,9 +186,11 @@ def prompt(context: ReportContext) -> str:
         "retrieved_cases": [
             {
                 "case_id": hit.case.case_id,
+                "study_id": hit.study_id,
                 "rank": hit.rank,
-                "similarity": round(hit.score, 3),
+                "similarity": round(hit.cosine, 3),
                 "index": hit.modality,
+                "matched": [evidence.describe() for evidence in hit.evidence],
                 "report_excerpt": deidentify(
                     " ".join(hit.case.text(("findings", "impression")).split())[:EXCERPT_CHARS]
                 )

@@ -144,13 +144,17 @@ def _sentence_at(text: str, position: int) -> str:
 
 
 def cited_cases(hits, case_ids: set[str]) -> list[CitedCase]:
-    """The hits among `case_ids`, in rank order, with score, index and an excerpt."""
+    """The hits (studies) among `case_ids`, in rank order, with score, index, an excerpt, the
+    study's images and what of it matched."""
     return [
         CitedCase(
             case_id=hit.case.case_id,
             score=round(hit.score, 4),
             modality=hit.modality,
             excerpt=snippet(hit),
+            study_id=hit.study_id,
+            image_case_ids=[image.case_id for image in hit.images],
+            matched=[evidence.describe() for evidence in hit.evidence],
         )
         for hit in hits
         if hit.case.case_id in case_ids

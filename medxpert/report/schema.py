@@ -37,10 +37,17 @@ class TriageItem(BaseModel):
 
 
 class CitedCase(BaseModel):
+    """A cited study: the case that stands for it, its images, and what matched."""
+
     case_id: str
     score: float
     modality: str
     excerpt: str
+    study_id: str = ""
+    image_case_ids: list[str] = Field(default_factory=list)
+    matched: list[str] = Field(
+        default_factory=list, description='e.g. "frontal image 0.953 (#1)", "report 0.214 (#3)"'
+    )
 
 
 class StructuredReport(BaseModel):
@@ -83,9 +90,10 @@ class StructuredReport(BaseModel):
             f"- {c.code} {c.description} (from {c.finding}, p = {c.probability:.2f})"
             for c in self.icd10
         ] or ["- none"]
-        lines += ["", "### Cited cases", ""]
+        lines += ["", "### Cited studies", ""]
         lines += [
-            f"- {c.case_id} ({c.modality}, score {c.score:.3f}): {c.excerpt}"
+            f"- study {c.study_id or c.case_id} ({c.case_id}; matched: "
+            f"{'; '.join(c.matched) or f'{c.modality} {c.score:.3f}'}): {c.excerpt}"
             for c in self.cited_cases
         ]
         if self.warnings:

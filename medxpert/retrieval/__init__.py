@@ -1,11 +1,35 @@
-"""Search the case library by image, text, or image + clinical note."""
+"""Search the case library by image, study, text, or image + clinical note; studies as hits."""
 
 from medxpert.retrieval.engine import (
     DEFAULT_NOTE_WEIGHT,
     TARGETS,
     Filters,
-    Hit,
     SearchEngine,
+    study_vector,
 )
+from medxpert.retrieval.fusion import (
+    DEFAULT_FUSION,
+    FUSION_METHODS,
+    Calibration,
+    Fusion,
+    read_fusion,
+    write_fusion,
+)
+from medxpert.retrieval.hits import Evidence, Hit, StudyMatch
 
-__all__ = ["DEFAULT_NOTE_WEIGHT", "TARGETS", "Filters", "Hit", "SearchEngine"]
+__all__ = [
+    "DEFAULT_FUSION",
+    "DEFAULT_NOTE_WEIGHT",
+    "FUSION_METHODS",
+    "TARGETS",
+    "Calibration",
+    "Evidence",
+    "Filters",
+    "Fusion",
+    "Hit",
+    "SearchEngine",
+    "StudyMatch",
+    "read_fusion",
+    "study_vector",
+    "write_fusion",
+]

@@ -1,9 +1,9 @@
 """Pathology probabilities from the retrieved cases: a similarity-weighted vote of their labels.
 
-Each hit votes with its CheXpert-14 vector: positive counts 1, uncertain 0.5, negative or not
-mentioned 0. Weights are a softmax of the scores at `temperature`, taken within each modality,
-because image–image scores run far higher than image–report ones; the report and image votes
-are then averaged.
+Each hit (a study) votes with its CheXpert-14 vector: positive counts 1, uncertain 0.5,
+negative or not mentioned 0. Weights are a softmax of the cosine of each hit's best evidence at
+`temperature`, taken within that evidence's modality, because image–image cosines run far
+higher than image–report ones; the report and image votes are then averaged.
 
 For an image query the vote can be blended with the zero-shot probabilities of the label
 captioner: p = (1 − w) · vote + w · zero-shot, for the observations the captioner scores. The
@@ -24,7 +24,7 @@ import numpy as np
 from medxpert.atomic import atomic_write_json
 from medxpert.errors import ConfigError
 from medxpert.labels import CHEXPERT_LABELS
-from medxpert.retrieval.engine import Hit
+from medxpert.retrieval.hits import Hit
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def label_probabilities(hits: Sequence[Hit], temperature: float = TEMPERATURE) -
     per_modality = []
     for modality in sorted({hit.modality for hit in hits}):
         group = [hit for hit in hits if hit.modality == modality]
-        scores = np.array([hit.score for hit in group], dtype=np.float64) / temperature
+        scores = np.array([hit.cosine for hit in group], dtype=np.float64) / temperature
         weights = np.exp(scores - scores.max())
         weights /= weights.sum()
         votes = np.array(
