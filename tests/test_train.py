@@ -321,9 +321,7 @@ def test_training_on_cached_frozen_stages_learns_and_embeds_each_image_once(tmp_
     encoder = tiny_encoder(tmp_path)
     frontals = [c for c in cases if c.view == "frontal"]
     before = paired_recall(encoder, frontals, k=5)
-    config = toy_config(
-        epochs=20, freeze=None, frozen_image_stages=1, frozen_text_layers=1
-    )
+    config = toy_config(epochs=20, freeze=None, frozen_image_stages=1, frozen_text_layers=1)
     cache = tmp_path / "features"
     result = finetune(
         encoder, cases, config, out_dir=tmp_path / "model", val_cases=cases, feature_cache=cache
@@ -339,3 +337,36 @@ def test_training_on_cached_frozen_stages_learns_and_embeds_each_image_once(tmp_
     torch.testing.assert_close(
         frozen_stem, tiny_encoder(tmp_path).model.visual.trunk.conv_stem.weight
     )
+
+
+def test_tune_runs_trials_into_a_resumable_study_and_plots_them(tmp_path):
+    import optuna
+
+    from medxpert.train.tune import tune
+
+    cases = toy_pairs(tmp_path)
+
+    def space(trial) -> dict:
+        return {
+            "lr_head": trial.suggest_float("lr_head", 1e-4, 1e-2, log=True),
+            "epochs": trial.suggest_int("epochs", 1, 3),
+        }
+
+    common = dict(
+        storage_dir=tmp_path / "tune",
+        minutes=5,
+        space=space,
+        base={"batch_size": 8, "freeze": (), "augment": False, "log_every": 1},
+        make_encoder=lambda: tiny_encoder(tmp_path),
+    )
+    first = tune("medxpert-default", cases, cases, trials=4, **common)
+    again = tune("medxpert-default", cases, cases, trials=1, **common)
+    assert first.trials == 4 and again.trials == 5, "the second search resumes the study"
+    study = optuna.load_study(study_name="medxpert-default-finetune", storage=again.storage)
+    best = max(t.value for t in study.trials if t.value is not None)
+    assert again.best_value == pytest.approx(best) and set(again.best_params) == {
+        "lr_head",
+        "epochs",
+    }
+    assert (tmp_path / "tune" / "optuna_history.png").stat().st_size > 5_000
+    assert (tmp_path / "tune" / "optuna_importance.png").stat().st_size > 5_000
