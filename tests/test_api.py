@@ -21,10 +21,12 @@ from PIL import Image
 from medxpert.api import API_KEY_HEADER, check_exposure, create_app
 from medxpert.cli import main
 from medxpert.config import Settings
-from medxpert.data import open_image
+from medxpert.data import Case, open_image, study_key
 from medxpert.errors import ConfigError
+from medxpert.index import CaseLibrary
 from medxpert.labels import CHEXPERT_LABELS, positive_labels
 from medxpert.pipeline import DiagnosisPipeline
+from medxpert.retrieval import SearchEngine
 from tests.builders import gradient, png_bytes, tiny_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,14 +63,34 @@ def xray(settings) -> tuple[str, bytes]:
     return path.name, path.read_bytes()
 
 
+@pytest.fixture(scope="module")
+def study_views(pipeline) -> list[tuple[str, bytes]]:
+    """The frontal and lateral X-rays of an IU study of the library: file names and bytes."""
+    library = pipeline.engine.library
+    study = next(
+        library.study(study_key(case))
+        for case in library.cases
+        if case.view == "lateral" and len(library.study(study_key(case)).images) == 2
+    )
+    return [(Path(c.image_path).name, Path(c.image_path).read_bytes()) for c in study.images]
+
+
 def assert_real_hits(hits: list[dict], pipeline: DiagnosisPipeline, k: int) -> None:
+    """Real studies of the library, ranked, each once, with its images and evidence."""
     library = pipeline.engine.library
     assert [hit["rank"] for hit in hits] == list(range(1, k + 1))
+    assert len({hit["study_id"] for hit in hits}) == k
     for hit in hits:
         case = library.case(library.row_of(hit["case_id"]))
+        assert hit["study_id"] == study_key(case)
         assert hit["source"] == case.source and hit["split"] == case.split
         assert hit["labels"] == positive_labels(case.labels)
         assert hit["has_image"] == case.has_image
+        images = library.study(hit["study_id"]).images
+        assert hit["images"] == [{"case_id": c.case_id, "view": c.view} for c in images]
+        assert hit["evidence"] and hit["evidence"][0]["modality"] == hit["modality"]
+        for evidence in hit["evidence"]:
+            assert study_key(library.case(library.row_of(evidence["case_id"]))) == hit["study_id"]
 
 
 def test_health_reports_the_model_the_index_and_its_counts(client, pipeline):
@@ -117,6 +139,26 @@ def test_search_by_image_and_note_as_multipart(client, pipeline, xray):
     assert [hit["case_id"] for hit in body["hits"]] == [hit.case.case_id for hit in expected]
     assert all(hit["modality"] == "image" and hit["has_image"] for hit in body["hits"])
     assert_real_hits(body["hits"], pipeline, 3)
+
+
+def test_several_images_are_one_study_query(client, pipeline, study_views):
+    files = [("image", (name, data, "image/jpeg")) for name, data in study_views]
+    response = client.post("/search", files=files, data={"k": "4", "target": "both"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["kind"], body["target"]) == ("study", "both")
+    expected = pipeline.engine.search(images=[d for _, d in study_views], k=4, target="both")
+    assert [hit["study_id"] for hit in body["hits"]] == [hit.study_id for hit in expected]
+    assert_real_hits(body["hits"], pipeline, 4)
+    report = client.post("/diagnose", files=files, data={"note": "cough", "k": "4"})
+    assert report.status_code == 200, report.text
+    diagnosis = pipeline.diagnose(images=[d for _, d in study_views], note="cough", k=4)
+    assert [hit["study_id"] for hit in report.json()["hits"]] == [
+        hit.study_id for hit in diagnosis.hits
+    ]
+    assert report.json()["report"]["caption"] == diagnosis.caption.text
+    cited = report.json()["report"]["cited_cases"]
+    assert all(c["study_id"] and c["matched"] for c in cited)
 
 
 def test_diagnose_an_xray_with_a_note(client, pipeline, xray):
@@ -168,13 +210,20 @@ def test_case_record_and_its_image(client, pipeline):
     assert decoded.mode == "L" and decoded.size == open_image(case.image_path).size
 
 
-def test_unknown_cases_and_missing_images_are_404(client, pipeline):
+def test_unknown_cases_and_missing_images_are_404(client, pipeline, settings):
     for path in ("/cases/nih_cxr14:nope", "/cases/nih_cxr14:nope/image"):
         response = client.get(path)
         assert response.status_code == 404
         assert response.json()["type"] == "CaseNotFoundError"
         assert "nih_cxr14:nope" in response.json()["error"]
-    text_only = next(case for case in pipeline.engine.library.cases if not case.has_image)
+    # every case of the shared packs has an image: a copy of the library gets a text-only one
+    encoder = pipeline.engine.encoder
+    library = CaseLibrary.load(settings.indexes_dir / "medxpert-default", encoder=encoder)
+    text_only = Case("csv:report-only", "csv", "train", findings="No acute disease.")
+    assert library.add_cases(encoder, [text_only]) == 1
+    with_text = DiagnosisPipeline(SearchEngine(library, encoder), pipeline.captioner, None)
+    client = TestClient(create_app(with_text, settings=settings))
+    assert client.get(f"/cases/{text_only.case_id}").json()["has_image"] is False
     response = client.get(f"/cases/{text_only.case_id}/image")
     assert response.status_code == 404 and "has no image" in response.json()["error"]
 

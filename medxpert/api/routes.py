@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
+from PIL import Image
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -50,7 +51,12 @@ SEARCH_BODY = {
                     "type": "object",
                     "required": ["image"],
                     "properties": {
-                        "image": {"type": "string", "format": "binary"},
+                        "image": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "an X-ray; several (the field repeated) are one "
+                            "study, e.g. its frontal and lateral views",
+                        },
                         "note": {"type": "string"},
                         "k": {"type": "integer", "minimum": 1},
                         "target": {"type": "string", "enum": ["reports", "images", "both"]},
@@ -107,22 +113,30 @@ def health(state: State, response: Response) -> Health:
 @routes.post(
     "/diagnose",
     response_model=DiagnoseResponse,
-    summary="Structured report for an X-ray (+ note) or a text query",
+    summary="Structured report for an X-ray or a study's X-rays (+ note), or a text query",
 )
 def diagnose(
     state: State,
     pipeline: Pipeline,
-    image: Annotated[UploadFile | None, File(description="X-ray: PNG, JPEG or DICOM")] = None,
+    image: Annotated[
+        list[UploadFile] | None,
+        File(
+            description="X-ray: PNG, JPEG or DICOM; the field repeated gives several images of "
+            "one study (frontal first: the caption is of the first)"
+        ),
+    ] = None,
     note: Annotated[str | None, Form(description="clinical note to go with the image")] = None,
     text: Annotated[str | None, Form(description="a text query instead of an image")] = None,
     k: Annotated[int | None, Form(ge=1, description="cases to retrieve")] = None,
     target: Annotated[Target, Form(description="indexes to search")] = "both",
 ) -> dict:
-    """Retrieve the most similar prior cases and write a structured report from them:
+    """Retrieve the most similar prior studies and write a structured report from them:
     findings with citations, impression, differential, ICD-10 suggestions and triage."""
-    picture = state.decode(image.file.read(), image.filename) if image is not None else None
+    pictures = [state.decode(upload.file.read(), upload.filename) for upload in image or ()]
     with state.lock:
-        diagnosis = pipeline.diagnose(image=picture, text=text, note=note, k=k, target=target)
+        diagnosis = pipeline.diagnose(
+            **_image_query(pictures), text=text, note=note, k=k, target=target
+        )
     return {**diagnosis.to_dict(), "hits": [SearchHit.of(hit) for hit in diagnosis.hits]}
 
 
@@ -130,11 +144,12 @@ def diagnose(
     "/search",
     response_model=SearchResponse,
     openapi_extra=SEARCH_BODY,
-    summary="Most similar prior cases for a text (JSON) or an X-ray (multipart)",
+    summary="Most similar prior studies for a text (JSON) or X-rays (multipart)",
 )
 async def search(request: Request, state: State, pipeline: Pipeline) -> SearchResponse:
-    """JSON `{"text": ..., "k": 10, "target": "reports"}`, or multipart with an `image` file
-    (and optional `note`, `k`, `target`). Hits come best first."""
+    """JSON `{"text": ..., "k": 10, "target": "reports"}`, or multipart with an `image` file,
+    or several (the field repeated: one study), and optional `note`, `k`, `target`. Hits are
+    studies, best first."""
     query, upload = await _read_search(request)
     return await run_in_threadpool(_search, state, pipeline, query, upload)
 
@@ -175,25 +190,33 @@ def _case(pipeline: DiagnosisPipeline, case_id: str) -> Case:
     return library.case(row)
 
 
-async def _read_search(request: Request) -> tuple[SearchQuery, tuple[bytes, str | None] | None]:
-    """The query and, for multipart, the uploaded image's bytes and file name."""
+Upload = tuple[bytes, str | None]  # an uploaded file's bytes and name
+
+
+async def _read_search(request: Request) -> tuple[SearchQuery, list[Upload]]:
+    """The query and, for multipart, the uploaded images' bytes and file names."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        return _validated(SearchQuery.model_validate_json, await request.body()), None
+        return _validated(SearchQuery.model_validate_json, await request.body()), []
     if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         raise QueryError(
             "send the search as JSON (content-type application/json) or as multipart form "
             "data with an image file."
         )
     async with request.form() as form:
-        upload = form.get("image")
+        uploads = form.getlist("image")
         fields = {key: value for key, value in form.items() if key != "image" and value != ""}
         query = _validated(SearchQuery.model_validate, fields)
-        if upload is None:
-            return query, None
-        if isinstance(upload, str):
+        if any(isinstance(upload, str) for upload in uploads):
             raise QueryError("send the image as a file (curl -F image=@cxr.png), not as text.")
-        return query, (await upload.read(), upload.filename)
+        return query, [(await upload.read(), upload.filename) for upload in uploads]
+
+
+def _image_query(pictures: list[Image.Image]) -> dict:
+    """One decoded upload as `image`, several (one study) as `images`, none as nothing."""
+    if len(pictures) > 1:
+        return {"images": pictures}
+    return {"image": pictures[0] if pictures else None}
 
 
 def _validated(parse: Callable[[Any], SearchQuery], raw: Any) -> SearchQuery:
@@ -208,19 +231,16 @@ def _validated(parse: Callable[[Any], SearchQuery], raw: Any) -> SearchQuery:
 
 
 def _search(
-    state: ApiState,
-    pipeline: DiagnosisPipeline,
-    query: SearchQuery,
-    upload: tuple[bytes, str | None] | None,
+    state: ApiState, pipeline: DiagnosisPipeline, query: SearchQuery, uploads: list[Upload]
 ) -> SearchResponse:
-    image = state.decode(*upload) if upload is not None else None
+    pictures = [state.decode(*upload) for upload in uploads]
     k = query.k or pipeline.k
     with state.lock:
         hits = pipeline.engine.search(
-            image=image, text=query.text, note=query.note, k=k, target=query.target
+            **_image_query(pictures), text=query.text, note=query.note, k=k, target=query.target
         )
     return SearchResponse(
-        kind="text" if image is None else "image",
+        kind="text" if not pictures else "image" if len(pictures) == 1 else "study",
         k=k,
         target=query.target,
         hits=[SearchHit.of(hit) for hit in hits],

@@ -33,25 +33,49 @@ class SearchQuery(BaseModel):
     target: Target = Field("reports", description="search the report index, images or both")
 
 
+class StudyImage(BaseModel):
+    """An image of a retrieved study (its X-ray: GET /cases/{case_id}/image)."""
+
+    case_id: str
+    view: str
+
+
+class EvidenceItem(BaseModel):
+    """A vector of the study that matched the query."""
+
+    modality: Literal["report", "image"] = Field(description="the index it was found in")
+    case_id: str = Field(description="the image's case, or the study's first case for a report")
+    view: str
+    score: float = Field(description="cosine similarity to the query")
+    rank: int = Field(description="1-based rank in that index's results")
+
+
 class SearchHit(BaseModel):
-    """One retrieved prior case."""
+    """One retrieved prior study, with the case that stands for it."""
 
     rank: int
-    case_id: str
-    score: float = Field(description="cosine similarity to the query")
-    modality: Literal["report", "image"] = Field(description="the index it was found in")
+    study_id: str
+    case_id: str = Field(description="the best-matching image's case, or the report's")
+    score: float = Field(
+        description="what the hits are ordered by: the cosine similarity for one index, the "
+        "fused score (rrf by default) for target both"
+    )
+    modality: Literal["report", "image"] = Field(description="the index of the best evidence")
     source: str
     split: str
     view: str
-    labels: list[str] = Field(description="positive CheXpert-14 labels of the case")
-    excerpt: str = Field(description="start of the case's report (impression first)")
+    labels: list[str] = Field(description="positive CheXpert-14 labels of the study")
+    excerpt: str = Field(description="start of the study's report (impression first)")
     has_image: bool
+    images: list[StudyImage] = Field(description="the study's images, frontal first")
+    evidence: list[EvidenceItem] = Field(description="what of the study matched, best first")
 
     @classmethod
     def of(cls, hit: Hit) -> SearchHit:
         case = hit.case
         return cls(
             rank=hit.rank,
+            study_id=hit.study_id,
             case_id=case.case_id,
             score=round(hit.score, 4),
             modality=hit.modality,
@@ -61,11 +85,24 @@ class SearchHit(BaseModel):
             labels=positive_labels(case.labels),
             excerpt=snippet(hit),
             has_image=case.has_image,
+            images=[StudyImage(case_id=c.case_id, view=c.view) for c in hit.images],
+            evidence=[
+                EvidenceItem(
+                    modality=e.modality,
+                    case_id=e.case_id,
+                    view=e.view,
+                    score=round(e.score, 4),
+                    rank=e.rank,
+                )
+                for e in hit.evidence
+            ],
         )
 
 
 class SearchResponse(BaseModel):
-    kind: Literal["text", "image"] = Field(description="what the query was")
+    kind: Literal["text", "image", "study"] = Field(
+        description="what the query was: a text, an image, or several images of one study"
+    )
     k: int
     target: Target
     hits: list[SearchHit] = Field(description="best first")

@@ -1,4 +1,5 @@
-"""`medxpert diagnose`: a structured report for an X-ray (with an optional note) or a text."""
+"""`medxpert diagnose`: a structured report for an X-ray or a study's X-rays (with an optional
+note), or a text."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from medxpert.cli.common import (
     add_artifact_arguments,
+    add_fusion_argument,
     add_sample_arguments,
     sample_test_images,
     slug,
@@ -23,12 +25,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "findings with citations, impression, differential, ICD-10 suggestions and triage. "
         "Decision support, not a diagnosis.",
     )
-    parser.add_argument("--image", type=Path, default=None, help="X-ray (PNG, JPEG or DICOM)")
+    parser.add_argument(
+        "--image",
+        type=Path,
+        action="append",
+        default=[],
+        help="X-ray (PNG, JPEG or DICOM); repeat it for several images of one study (frontal "
+        "first: the caption is of the first), which are diagnosed together as one query",
+    )
     parser.add_argument("--note", default=None, help="clinical note to go with the image")
     parser.add_argument("--text", default=None, help="a text query instead of an image")
     add_sample_arguments(parser, "diagnose")
     parser.add_argument("-k", "--k", type=int, default=None, help="cases to retrieve")
     parser.add_argument("--target", choices=("reports", "images", "both"), default="both")
+    add_fusion_argument(parser)
     add_artifact_arguments(parser)
     parser.add_argument("--captioner", default=None, help="labels (default) or blip")
     parser.add_argument(
@@ -66,9 +76,14 @@ def _run(args: argparse.Namespace) -> None:
 
     settings = Settings.from_env()
     queries: list[tuple[str, dict]] = []
-    if args.image is not None or args.text is not None:
-        name = args.image.name if args.image is not None else args.text
-        queries.append((name, {"image": args.image, "text": args.text, "note": args.note}))
+    if args.image or args.text is not None:
+        name = " + ".join(path.name for path in args.image) if args.image else args.text
+        query = {"text": args.text, "note": args.note}
+        if len(args.image) > 1:
+            query["images"] = args.image  # one study
+        else:
+            query["image"] = args.image[0] if args.image else None
+        queries.append((name, query))
     for case in sample_test_images(args.sample, args.seed):
         queries.append((case.case_id, {"image": case.image_path, "note": args.note}))
     if not queries:
@@ -82,6 +97,7 @@ def _run(args: argparse.Namespace) -> None:
         k=args.k or settings.top_k,
         writer_options=_writer_options(args),
         blip_source=args.blip,
+        fusion=args.fusion,
     )
     for name, query in queries:
         diagnosis = pipeline.diagnose(**query, target=args.target)
