@@ -107,6 +107,8 @@ def _run_retrieval(args: argparse.Namespace) -> None:
     tuned = DualEncoder.load(model_dir, device=settings.device)
     torch.manual_seed(0)  # the untuned model's new projection heads: the same every run
     untuned = DualEncoder.create(args.baseline or tuned.backbone, device=settings.device)
+    if untuned.backbone == tuned.backbone:  # the same input, so the difference is the tuning
+        untuned.preprocess = dict(tuned.preprocess)
     # the untuned towers share the frozen stages, so both read the same cached features
     tuned.use_feature_cache(settings.cache_dir / "features")
     untuned.use_feature_cache(
