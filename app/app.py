@@ -1,9 +1,10 @@
 """MedXpert's Streamlit UI: `./dev.sh app`, or `streamlit run app/app.py`.
 
-Pick a case library and model in the sidebar; give an X-ray (an upload or a test-split sample,
-with an optional clinical note) or a text query; read the structured report built from the
-most similar prior cases. The page holds no diagnosis logic: it calls `DiagnosisPipeline`.
-Settings come from `MEDXPERT_*` variables (`Settings.from_env`).
+Pick a case library and model in the sidebar; give an X-ray (an upload, several uploads of one
+study, or a test-split sample, with an optional clinical note) or a text query; read the
+structured report built from the most similar prior studies. The page holds no diagnosis
+logic: it calls `DiagnosisPipeline`. Settings come from `MEDXPERT_*` variables
+(`Settings.from_env`).
 """
 
 import streamlit as st
@@ -49,7 +50,7 @@ def main() -> None:
         if query is not None:
             with st.spinner("Retrieving similar cases and writing the report…"):
                 diagnosis = pipeline.diagnose(
-                    image=query.image,
+                    **query.image_arguments,
                     text=query.text,
                     note=query.note,
                     k=choices.k,

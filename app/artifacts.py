@@ -1,5 +1,5 @@
 """What the app loads: the case libraries and models on disk, the pipeline (once per choice),
-the test-split sample X-rays and gallery thumbnails, each cached by Streamlit."""
+the test-split sample X-rays and the gallery's study thumbnails, each cached by Streamlit."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import streamlit as st
 from PIL import Image
 
 from medxpert.config import Settings
-from medxpert.data import Case, load_cases, open_image
+from medxpert.data import Case, load_cases
 from medxpert.encoders.model import INFO_FILE, read_model_info
 from medxpert.errors import MedXpertError
 from medxpert.index.library import read_manifest
 from medxpert.pipeline import DiagnosisPipeline
+from medxpert.retrieval.export import side_by_side
 
 SAMPLE_SOURCES = ("nih_cxr14", "covid_cxr")  # the shared packs with test-split X-rays
 THUMBNAIL_PX = 256
@@ -120,14 +121,12 @@ def test_samples(settings: Settings) -> tuple[list[Case], list[str]]:
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
-def thumbnail(path: str) -> Image.Image | None:
-    """A small copy of a library X-ray for the gallery; None when it cannot be read."""
+def study_thumbnail(paths: tuple[str, ...]) -> Image.Image | None:
+    """A study's X-rays side by side, small, for the gallery; None when one cannot be read."""
     try:
-        image = open_image(path)
+        return Image.fromarray(side_by_side(paths, height=THUMBNAIL_PX))
     except MedXpertError:
         return None
-    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    return image
 
 
 def _folders(parent: Path) -> list[Path]:

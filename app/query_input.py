@@ -1,5 +1,6 @@
-"""The query: an uploaded X-ray or a test-split sample (each with an optional clinical note),
-or a text query. Uploads are size-checked and decoded by `open_image`."""
+"""The query: uploaded X-rays (one, or several of one study) or a test-split sample, each with
+an optional clinical note, or a text query. Uploads are size-checked and decoded by
+`open_image`."""
 
 from __future__ import annotations
 
@@ -21,12 +22,21 @@ TEXT_EXAMPLES = "e.g. left lower lobe consolidation; cardiomegaly with effusion"
 
 @dataclass(frozen=True)
 class Query:
-    """What to diagnose: a decoded X-ray (with an optional note) or a text."""
+    """What to diagnose: decoded X-rays (one, or several of one study; each with its name) with
+    an optional note, or a text."""
 
     title: str
-    image: Image.Image | None = None
+    images: tuple[Image.Image, ...] = ()
+    names: tuple[str, ...] = ()
     text: str | None = None
     note: str | None = None
+
+    @property
+    def image_arguments(self) -> dict:
+        """`DiagnosisPipeline.diagnose`'s image=, or images= for a study of several."""
+        if len(self.images) > 1:
+            return {"images": list(self.images)}
+        return {"image": self.images[0] if self.images else None}
 
 
 def query_input(settings: Settings) -> Query | None:
@@ -39,11 +49,19 @@ def query_input(settings: Settings) -> Query | None:
     if prefill:
         st.caption("The note is the history part of this case's notes; edit or clear it.")
     upload = text = note = None
+    more = []
     with st.form("query", border=False):
         if mode == UPLOAD:
             upload = st.file_uploader(
                 f"Chest X-ray: PNG, JPEG or DICOM, up to {settings.max_image_mb} MB",
                 key="upload",
+            )
+            more = st.file_uploader(
+                "Other views of the same study (optional, e.g. the lateral)",
+                key="more_views",
+                accept_multiple_files=True,
+                help="Searched together with the X-ray above as one study. The caption is of "
+                "the X-ray above, so put the frontal view there.",
             )
         if mode == TEXT:
             text = st.text_area("Text query", key="text", placeholder=TEXT_EXAMPLES)
@@ -68,10 +86,17 @@ def query_input(settings: Settings) -> Query | None:
             max_pixels=settings.max_image_pixels,
             max_bytes=settings.max_image_bytes,
         )
-        return Query(f"test X-ray {case.case_id}", image=image, note=note)
-    if upload is None:
+        title = f"test X-ray {case.case_id}"
+        return Query(title, images=(image,), names=(title,), note=note)
+    files = ([upload] if upload is not None else []) + list(more)
+    if not files:
         raise QueryError("no X-ray uploaded: choose a PNG, JPEG or DICOM file, then Diagnose.")
-    return Query(f"uploaded X-ray {upload.name}", image=read_upload(upload, settings), note=note)
+    images = tuple(read_upload(file, settings) for file in files)
+    if len(files) == 1:
+        title = f"uploaded X-ray {files[0].name}"
+        return Query(title, images=images, names=(title,), note=note)
+    names = tuple(file.name for file in files)
+    return Query("uploaded study " + " + ".join(names), images=images, names=names, note=note)
 
 
 def read_upload(upload, settings: Settings) -> Image.Image:

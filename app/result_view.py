@@ -1,5 +1,5 @@
 """A diagnosis on the page: the query, caption, triage, probabilities, report with citations,
-ICD-10 suggestions, the top-K gallery, timings and downloads."""
+ICD-10 suggestions, the gallery of the top-K studies, timings and downloads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 import pandas as pd
 import streamlit as st
-from artifacts import thumbnail
+from artifacts import study_thumbnail
 from query_input import Query
 
 from medxpert.labels import positive_labels
@@ -49,8 +49,8 @@ def show_diagnosis(query: Query, diagnosis: Diagnosis) -> None:
 
 
 def _show_query(query: Query, diagnosis: Diagnosis) -> None:
-    if query.image is not None:
-        st.image(query.image, caption=query.title, width="stretch")
+    if query.images:
+        st.image(list(query.images), caption=list(query.names), width="stretch")
     else:
         st.markdown(f"**Text query:** {_plain(query.text or '')}")
     if query.note:
@@ -131,7 +131,7 @@ def _show_codes(diagnosis: Diagnosis) -> None:
 
 
 def _show_gallery(hits: list[Hit]) -> None:
-    st.markdown(f"#### The {len(hits)} most similar cases")
+    st.markdown(f"#### The {len(hits)} most similar studies")
     for start in range(0, len(hits), GALLERY_COLUMNS):
         columns = st.columns(GALLERY_COLUMNS)
         for column, hit in zip(columns, hits[start : start + GALLERY_COLUMNS], strict=False):
@@ -140,14 +140,19 @@ def _show_gallery(hits: list[Hit]) -> None:
 
 
 def _show_hit(hit: Hit) -> None:
+    """A study's card: its images side by side, rank and score, study id, what matched (index,
+    view, cosine, rank in that index), labels, report excerpt."""
     case = hit.case
-    image = thumbnail(case.image_path) if case.has_image else None
-    if image is not None:
-        st.image(image, width="stretch")
+    paths = tuple(image.image_path for image in hit.images)
+    picture = study_thumbnail(paths) if paths else None
+    if picture is not None:
+        st.image(picture, width="stretch")
     else:
-        st.caption("report only" if not case.has_image else "image unavailable")
+        st.caption("report only" if not paths else "image unavailable")
     st.markdown(f"**#{hit.rank}** · score {hit.score:.3f}")
-    st.caption(f"{_plain(case.case_id)} · {hit.modality} match · {case.view}")
+    views = ", ".join(image.view for image in hit.images) or "no image"
+    st.caption(f"{_plain(hit.study_id)} · {hit.modality} match · {views}")
+    st.caption("Matched: " + _plain(hit.describe_evidence()))
     labels = positive_labels(case.labels)
     st.markdown(" ".join(f":{_label_colour(n)}-badge[{n}]" for n in labels) or ":gray-badge[none]")
     st.caption(_plain(snippet(hit, EXCERPT_CHARS)))

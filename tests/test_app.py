@@ -69,7 +69,7 @@ def shown(at: AppTest) -> str:
 
 
 def gallery_ids(at: AppTest) -> list[str]:
-    """The case ids of the gallery's cards, in order."""
+    """The study ids of the gallery's cards, in order."""
     captions = [re.sub(r"\\(.)", r"\1", c.value) for c in at.caption]
     return [c.split(" · ")[0] for c in captions if " match · " in c]
 
@@ -84,7 +84,8 @@ def assert_shows(at: AppTest, diagnosis) -> None:
     colour = TRIAGE_COLOURS[report.triage.level]
     assert re.search(rf"Triage :{colour}-badge\[[^\]]*{report.triage.level.upper()}\]", text)
     assert report.triage.reason in text
-    assert gallery_ids(at) == [hit.case.case_id for hit in diagnosis.hits]
+    assert gallery_ids(at) == [hit.study_id for hit in diagnosis.hits]
+    assert all(f"Matched: {hit.describe_evidence()}" in text for hit in diagnosis.hits)
     assert [m.label for m in at.metric] == list(diagnosis.timings_ms)
     assert [b.label for b in at.get("download_button")] == [
         "Report as JSON",
@@ -150,6 +151,28 @@ def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(env, reference, n
     assert_shows(at, reference.diagnose(image=dicom, k=10, target="both"))
     assert "Result for the uploaded X-ray chest.dcm" in shown(at)
     assert at.image[0].captions == ["uploaded X-ray chest.dcm"]  # the decoded DICOM
+
+
+def test_several_uploads_are_diagnosed_as_one_study(env, reference):
+    library = reference.engine.library
+    study = next(
+        library.study(case.study_id)
+        for case in library.cases
+        if case.view == "lateral" and len(library.study(case.study_id).images) == 2
+    )
+    files = [(Path(c.image_path).name, Path(c.image_path).read_bytes()) for c in study.images]
+    at = run_app()
+    at.radio(key="mode").set_value(UPLOAD).run()
+    (frontal, frontal_data), (lateral, lateral_data) = files
+    at.file_uploader(key="upload").set_value((frontal, frontal_data, "image/jpeg"))
+    at.file_uploader(key="more_views").set_value([(lateral, lateral_data, "image/jpeg")])
+    diagnose(at)
+    expected = reference.diagnose(images=[data for _, data in files], k=10, target="both")
+    assert_shows(at, expected)
+    names = [name for name, _ in files]
+    assert f"Result for the uploaded study {' + '.join(names)}" in shown(at)
+    assert at.image[0].captions == names
+    assert f"**Caption** (labels): {expected.caption.text}" in shown(at)
 
 
 def test_an_upload_over_the_size_limit_is_refused_before_decoding(env, monkeypatch):

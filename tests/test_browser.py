@@ -65,8 +65,8 @@ def test_text_query_and_uploads_in_headless_chromium(browser, shared_pack, tmp_p
         text = page.wait_for_text(f"Result for the text query “{QUERY}”", "Impression")
         assert expected.report.impression in text
         assert f"{expected.report.triage.level.upper()}\n{expected.report.triage.reason}" in text
-        top = expected.hits[0].case.case_id
-        assert top in library_ids and top in text
+        top = expected.hits[0]  # a study, shown by its id
+        assert top.case.case_id in library_ids and top.study_id in text
 
         page.choose("Upload an X-ray")
         page.upload(corrupt)
