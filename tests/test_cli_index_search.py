@@ -1,5 +1,6 @@
-"""`medxpert index build / info`, `medxpert search`, `eval retrieval --index`, and the
-original MedXpert scripts, on miniature copies of the shared packs with a tiny saved model."""
+"""`medxpert index build / info`, `medxpert search` (images, studies, texts), `diagnose`, `eval
+retrieval --index`, `eval fusion`, and the original MedXpert scripts, on miniature copies of the
+shared packs with a tiny saved model."""
 
 from __future__ import annotations
 
@@ -115,6 +116,51 @@ def test_search_by_text_and_image_writes_table_json_and_plots(built, capsys):
     assert len(plots) == 2 and all(p.stat().st_size > 10_000 for p in plots)
 
 
+def test_a_study_query_finds_studies_with_their_images_and_evidence(built, capsys):
+    library = CaseLibrary.load(built / "indexes" / "medxpert-default")
+    study = next(
+        library.study(case.study_id)
+        for case in library.cases
+        if case.view == "lateral" and len(library.study(case.study_id).images) == 2
+    )
+    frontal, lateral = (image.image_path for image in study.images)
+    out = built / "study"
+    code = main(
+        [
+            "search",
+            "--study",
+            frontal,
+            lateral,
+            "--image",
+            frontal,
+            "-k",
+            "5",
+            "--target",
+            "images",
+            "--json",
+            str(out.with_suffix(".json")),
+            "--csv",
+            str(out.with_suffix(".csv")),
+            "--plot",
+            str(out),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    names = f"{Path(frontal).name} + {Path(lateral).name}"
+    assert f"study query: {names}" in printed and f"image query: {Path(frontal).name}" in printed
+    assert "matched: " in printed
+    records = json.loads(out.with_suffix(".json").read_text())
+    studies = [r for r in records if r["query"] == names]
+    assert len(studies) == 5 == len({r["study_id"] for r in studies})
+    own = next(r for r in studies if r["study_id"] == study.study_id)  # its views: one hit
+    assert {e["case_id"] for e in own["evidence"]} == {c.case_id for c in study.images}
+    assert [i["view"] for i in own["images"]] == ["frontal", "lateral"]
+    table = pd.read_csv(out.with_suffix(".csv"))
+    assert {"study_id", "evidence", "images"} <= set(table.columns) and len(table) == 10
+    assert len(list(out.glob("*.png"))) == 2
+
+
 def test_search_errors_are_clear(built, capsys):
     assert main(["search"]) == 2
     assert "nothing to search for" in capsys.readouterr().err
@@ -167,6 +213,35 @@ def test_the_original_scripts(built, env):
     assert list((built / "results" / "inference_plots").glob("01_edema.png"))
 
 
+def test_eval_fusion_chooses_on_val_saves_the_choice_and_search_uses_it(built, capsys):
+    from medxpert.retrieval import SearchEngine
+    from medxpert.retrieval.fusion import FUSION_FILE
+
+    out = built / "fusion_metrics"
+    index = built / "indexes" / "medxpert-default"
+    try:
+        assert main(["eval", "fusion", "--bootstrap", "20", "--out", str(out)]) == 0
+        saved = json.loads(out.with_suffix(".json").read_text())
+        chosen = saved["fusion"]
+        by_method = saved["validation label P@10 by method (chooses)"]
+        assert set(by_method) == {"rrf", "calibrated", "rank"}
+        assert by_method[chosen] == max(by_method.values())
+        row = saved["rows"][-1]
+        assert row["task"].startswith("all (") and row["metric"] == "label P@10"
+        methods = {"reports only", "images only", "max-cosine", "rrf", "calibrated", "rank"}
+        assert methods <= set(row) and all(0 <= row[m]["value"] <= 1 for m in methods)
+        assert all(out.with_suffix(suffix).is_file() for suffix in (".csv", ".md", ".png"))
+        record = json.loads((index / FUSION_FILE).read_text())
+        assert record["method"] == chosen and record["chosen_on"] == "val"
+        assert set(record["calibration"]["image"]) == {"image", "report"}
+        engine = SearchEngine.from_artifacts(built / "models" / "medxpert-default", index)
+        assert engine.fusion.method == chosen
+        assert engine.fusion.calibration.covers("image", ["image", "report"])
+        assert f"saved the fusion {chosen}" in capsys.readouterr().out
+    finally:
+        (index / FUSION_FILE).unlink(missing_ok=True)  # the other tests fuse with rrf
+
+
 def test_diagnose_writes_json_and_markdown_reports(built, env, capsys):
     image = next((built / "data" / "covid_cxr" / "images").iterdir())
     out = built / "reports" / "one.json"
@@ -203,6 +278,13 @@ def test_diagnose_writes_json_and_markdown_reports(built, env, capsys):
     assert done.returncode == 0, done.stderr
     assert len(list((built / "reports" / "many").glob("*.json"))) == 2
     assert main(["diagnose"]) == 2 and "nothing to diagnose" in capsys.readouterr().err
+    views = [str(path) for path in sorted((built / "data" / "iu_xray" / "images").iterdir())[:2]]
+    study = built / "reports" / "study.json"
+    code = main(["diagnose", "--image", views[0], "--image", views[1], "--json", str(study)])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads(study.read_text())
+    assert saved["query"] == " + ".join(Path(view).name for view in views)
+    assert all(hit["study_id"] and hit["evidence"] for hit in saved["hits"])
 
 
 def test_train_captioner_then_diagnose_with_blip(built, tmp_path, capsys):

@@ -15,6 +15,7 @@ from medxpert.cli import (
     diagnose,
     encoders,
     evaluate,
+    fusion,
     index,
     label,
     search,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         search,
         diagnose,
         evaluate,
+        fusion,  # adds `eval fusion`, so after evaluate
         serve,
     ):
         module.add_commands(commands)
