@@ -7,7 +7,8 @@
 #   ./dev.sh data         summary of the shared data packs (results/data_summary.json)
 #   ./dev.sh train        fine-tune the offline default encoder (models/medxpert-default)
 #   ./dev.sh index        embed train+val cases into the case library (indexes/medxpert-default)
-#   ./dev.sh eval         retrieval, blend-weight, report-quality and clinical-context metrics
+#   ./dev.sh eval         retrieval, fusion, blend-weight, report-quality and clinical-context metrics
+#   ./dev.sh tune         search fine-tuning settings with Optuna on val (not in the main job)
 #   ./dev.sh search       sample searches: top-K tables, CSV and PNG grids (results/inference_plots)
 #   ./dev.sh diagnose     structured reports for sample test X-rays and a text (results/reports)
 #   ./dev.sh labels       report-labeler agreement with IU MeSH tags (benchmarks/)
@@ -101,7 +102,7 @@ run_data() {
 
 run_train() {
   offline_env
-  step "Fine-tuning the offline default encoder -> models/medxpert-default (about 10 min on 2 CPU cores)"
+  step "Fine-tuning the offline default encoder on the paired studies -> models/medxpert-default"
   "$VENV/bin/medxpert" train --out models/medxpert-default
 }
 
@@ -137,8 +138,10 @@ run_index() {
 run_eval() {
   offline_env
   ensure_index
-  step "Retrieval evaluation on the test split -> results/retrieval_metrics.{json,csv,md,png}"
+  step "Retrieval evaluation, study by study, on the test split -> results/retrieval_metrics.{json,csv,md,png}"
   "$VENV/bin/medxpert" eval retrieval --model models/medxpert-default --index medxpert-default
+  step "How target both fuses reports and images, chosen on val -> indexes/medxpert-default/fusion.json, results/fusion_metrics.*"
+  "$VENV/bin/medxpert" eval fusion
   step "Zero-shot blend weight, chosen on val, measured on test -> indexes/medxpert-default/blend.json, results/blend_metrics.*"
   "$VENV/bin/medxpert" eval blend
   step "Report quality against a top-1-report baseline -> results/report_metrics.{json,csv,md,png}"
@@ -158,6 +161,12 @@ run_search() {
   "$PY" scripts/inference_to_csv.py "${queries[@]}"
   step "The same searches as PNG grids -> results/inference_plots/*.png"
   "$PY" scripts/inference_plot.py "${queries[@]}"
+}
+
+run_tune() {
+  offline_env
+  step "Optuna search of the fine-tuning settings on val -> results/tune/ (optuna.db, plots)"
+  "$VENV/bin/medxpert" tune "$@"
 }
 
 run_labels() {
@@ -211,7 +220,7 @@ main_job() {
   step "Main job finished; results are under results/"
 }
 
-usage() { sed -n "2,18p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,19p" "$0" | sed 's/^# \{0,1\}//'; }
 
 command="${1:-all}"
 [ $# -gt 0 ] && shift
@@ -226,6 +235,7 @@ case "$command" in
   search) setup; run_search ;;
   diagnose) setup; run_diagnose ;;
   labels) setup; run_labels ;;
+  tune)   setup; run_tune "$@" ;;
   app)    setup; run_app ;;
   serve)  setup; run_serve "$@" ;;
   help|-h|--help) usage ;;

@@ -15,7 +15,6 @@ from medxpert.cli import (
     diagnose,
     encoders,
     evaluate,
-    fusion,
     index,
     label,
     search,
@@ -65,7 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
         search,
         diagnose,
         evaluate,
-        fusion,  # adds `eval fusion`, so after evaluate
         serve,
     ):
         module.add_commands(commands)

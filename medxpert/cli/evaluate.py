@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medxpert.cli import fusion
 from medxpert.cli.common import add_artifact_arguments, add_source_arguments, load_sources
 from medxpert.config import Settings
 
@@ -93,6 +94,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=None, help="output prefix (default: results/blend_metrics)"
     )
     blend.set_defaults(run=_run_blend)
+
+    fusion.add_eval_command(kinds)
 
 
 def _run_retrieval(args: argparse.Namespace) -> None:

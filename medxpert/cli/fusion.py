@@ -14,10 +14,8 @@ CHOOSABLE = tuple(m for m in FUSION_CHOICES if m != "max-cosine")  # raw cosine:
 ONE_INDEX = {"reports only": 0, "images only": 1}  # baselines: the position in study_lists
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add `fusion` to the kinds of `medxpert eval` (registered after `cli.evaluate`)."""
-    evaluate = commands.choices["eval"]
-    kinds = next(a for a in evaluate._actions if isinstance(a, argparse._SubParsersAction))
+def add_eval_command(kinds: argparse._SubParsersAction) -> None:
+    """`medxpert eval fusion` (the `eval` parser's kinds call this)."""
     parser = kinds.add_parser(
         "fusion",
         help="choose how target both fuses reports and images (label P@10 on val), save it, "
