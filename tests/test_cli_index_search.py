@@ -181,7 +181,7 @@ def test_eval_with_the_saved_index_gives_the_same_figures(built, capsys):
     from_index = figures("--index", "medxpert-default")
     assert "taking" in capsys.readouterr().out
     assert from_index.keys() == fresh.keys()
-    assert any(task == "kNN AUC" for task, _ in fresh), "the kNN gallery comes from the index"
+    assert any("kNN AUC" in task for task, _ in fresh), "the kNN gallery comes from the index"
     for key, value in fresh.items():
         assert from_index[key] == pytest.approx(value, abs=1e-6), key
 

@@ -1,9 +1,10 @@
 """Hyperparameter search for fine-tuning, with Optuna, on the validation score.
 
 Each trial fine-tunes a fresh encoder with sampled settings and returns the best validation
-score of its epochs (`Validator`); trials that fall behind the median of earlier ones at the
-same epoch are pruned. Trials live in an Optuna SQLite study, so a search can be stopped and
-resumed, and studies of other runs compared.
+score of its epochs (`Validator`). Trials that fall behind the median of earlier ones at the
+same epoch are pruned, from the third epoch on: the first epochs rank settings poorly. Trials
+live in an Optuna SQLite study, so a search can be stopped and resumed, and studies of other
+runs compared.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def tune(
         storage=storage,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
         load_if_exists=True,
     )
     deadline = time.monotonic() + minutes * 60
