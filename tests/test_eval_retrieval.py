@@ -161,9 +161,11 @@ def oracle(noise: float, seed: int = 0) -> Embedder:
 
 
 def test_the_views_of_a_study_are_one_query():
-    sets = RetrievalSets.from_cases(paired_studies("test", 30), paired_studies("train", 20))
+    lateral_only = [c for c in paired_studies("test", 31)[-2:] if c.view == "lateral"]
+    test = paired_studies("test", 30) + lateral_only
+    sets = RetrievalSets.from_cases(test, paired_studies("train", 20))
     studies = sets.paired["IU X-ray"]
-    assert len(studies) == 30, "two views, one study, one query"
+    assert len(studies) == 30, "two views, one study, one query; no frontal, no query"
     assert all(s.query_image.view == "frontal" for s in studies)
     queries, gallery = sets.knn["IU X-ray"]
     assert len(queries) == 30 and len(gallery) == 20

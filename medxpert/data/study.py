@@ -36,9 +36,11 @@ class Study:
     @property
     def query_image(self) -> Case | None:
         """The image that stands for the study as a query: its first frontal view, else its
-        first image."""
-        images = self.images
-        return images[0] if images else None
+        first image of unknown view. A study with lateral views only has none."""
+        for case in self.images:
+            if case.view != "lateral":
+                return case
+        return None
 
     @property
     def has_frontal(self) -> bool:
