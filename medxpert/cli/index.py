@@ -45,7 +45,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "IVF{nlist},PQ32, ... or auto (by corpus size; see docs/index.md)",
     )
     build.add_argument("--report-factory", default="auto", help="the same, for reports")
-    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument("--batch-size", type=int, default=8, help="images per batch")
     build.add_argument(
         "--embeddings",
         type=Path,

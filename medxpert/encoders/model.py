@@ -301,10 +301,12 @@ class DualEncoder:
 
     # --- encoding ----------------------------------------------------------------------
     def encode_images(
-        self, images: Sequence[ImageSource], batch_size: int = 32, progress: bool | None = None
+        self, images: Sequence[ImageSource], batch_size: int = 8, progress: bool | None = None
     ) -> np.ndarray:
         """Embed images (paths, bytes or PIL images; PNG, JPEG or DICOM) → (n, d) float32,
-        L2-normalised. Unreadable images raise `InvalidImageError`."""
+        L2-normalised. Unreadable images raise `InvalidImageError`. (Batch 8: on a CPU the
+        early stages' large feature maps then stay in cache, 3× faster than batch 32 at 224
+        px; benchmarks/RESULTS.md.)"""
         if self._image_split is not None and len(images) > 1:
             features = self.image_prefix_features(images, progress=progress)
             return self._encode(

@@ -66,7 +66,7 @@ class CaseLibrary:
         image_factory: str = "auto",
         report_factory: str = "auto",
         text_sections: Sequence[str] = TEXT_FIELDS,
-        batch_size: int = 32,
+        batch_size: int = 8,
     ) -> CaseLibrary:
         """Embed every case (images into one index, one report per study into the other)."""
         cases = list(cases)
@@ -101,7 +101,7 @@ class CaseLibrary:
             list(cases), indexes, encoder.fingerprint(), encoder.backbone, tuple(text_sections)
         )
 
-    def add_cases(self, encoder: DualEncoder, cases: Sequence[Case], batch_size: int = 32) -> int:
+    def add_cases(self, encoder: DualEncoder, cases: Sequence[Case], batch_size: int = 8) -> int:
         """Embed and append new cases (ids not yet in the library); returns how many."""
         self._check_encoder(encoder)
         new = [case for case in cases if case.case_id not in self._row_of]
@@ -122,7 +122,7 @@ class CaseLibrary:
             self._index("images", vectors.shape[1]).add(vectors, np.array(image_rows))
         if report_rows:
             vectors = encoder.encode_texts(
-                [self.cases[r].text(self.text_sections) for r in report_rows], batch_size * 2
+                [self.cases[r].text(self.text_sections) for r in report_rows]
             )
             self._index("reports", vectors.shape[1]).add(vectors, np.array(report_rows))
         return len(new)
@@ -316,7 +316,7 @@ def embed_cases(
     encoder: DualEncoder,
     cases: Sequence[Case],
     text_sections: Sequence[str] = TEXT_FIELDS,
-    batch_size: int = 32,
+    batch_size: int = 8,
 ) -> dict[str, Embeddings]:
     """Embed every case's image, and one report per study: ``{"images": ..., "reports": ...}``
     (a modality no case has is left out)."""
@@ -330,7 +330,7 @@ def embed_cases(
         embeddings["images"] = Embeddings(np.array(image_rows, dtype=np.int64), vectors)
     if report_rows:
         texts = [cases[r].text(text_sections) for r in report_rows]
-        vectors = encoder.encode_texts(texts, batch_size * 2)
+        vectors = encoder.encode_texts(texts)
         embeddings["reports"] = Embeddings(np.array(report_rows, dtype=np.int64), vectors)
     if not embeddings:
         raise IndexFormatError("none of the cases has an image or a report to index.")
