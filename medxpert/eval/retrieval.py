@@ -255,32 +255,21 @@ def _labelled_rows(sets: RetrievalSets, vectors, n_boot, seed) -> list[Row]:
         images = {n: _images(v, [s.query_image for s in studies]) for n, v in vectors.items()}
         reports = {n: _reports(v, studies, sections) for n, v in vectors.items()}
         pos = _positives(studies)
-        n = len(studies)
-        rows += _precision_rows(
-            f"{source} studies image→report ({n})",
-            {m: images[m] @ reports[m].T for m in vectors},
-            pos,
-            pos,
-            n_boot,
-            seed,
-        )
-        rows += _precision_rows(
-            f"{source} studies report→image ({n})",
-            {m: reports[m] @ images[m].T for m in vectors},
-            pos,
-            pos,
-            n_boot,
-            seed,
-        )
-        rows += _precision_rows(
-            f"{source} studies image→image ({n})",
-            {m: images[m] @ images[m].T for m in vectors},
-            pos,
-            pos,
-            n_boot,
-            seed,
-            same=True,
-        )
+        pairs = {
+            "image→report": (images, reports),
+            "report→image": (reports, images),
+            "image→image": (images, images),
+        }
+        for direction, (queries, gallery) in pairs.items():
+            rows += _precision_rows(
+                f"{source} studies {direction} ({len(studies)})",
+                {m: queries[m] @ gallery[m].T for m in vectors},
+                pos,
+                pos,
+                n_boot,
+                seed,
+                same=direction == "image→image",
+            )
     largest = max(report_pool, key=lambda item: len(item[1]), default=(None, []))
     for source, cases in sets.images.items():
         if len(cases) < 11:
