@@ -1,4 +1,5 @@
-"""IU X-ray (Open-i): reports with MeSH tags, one row per image; text-only until images exist."""
+"""IU X-ray (Open-i): paired studies, one row per image (frontal, lateral), the views of a
+study sharing its report and MeSH-tag labels."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ LICENCE = "CC BY-NC-ND 4.0 (as found; Demner-Fushman et al., JAMIA 2016)"
     description="IU X-ray reports with MeSH tags mapped to CheXpert-14; images when present",
 )
 def read_iu(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterator[Case]:
-    """Read ``reports.csv``; rows with ``image_available=1`` point at ``images/<id>.png``."""
+    """Read ``reports.csv``; rows with ``image_available=1`` point at their image file."""
     frame = read_split_table(
         root / "reports.csv",
         [
