@@ -23,7 +23,7 @@ def main() -> None:
     st.set_page_config(page_title="MedXpert", page_icon="🩻", layout="wide")
     st.title("MedXpert")
     st.caption(
-        "Chest X-ray reports from the most similar prior cases. Decision support, not a "
+        "Chest X-ray reports from the most similar prior studies. Decision support, not a "
         "diagnosis: a clinician must review every statement."
     )
     try:

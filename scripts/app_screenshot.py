@@ -35,7 +35,7 @@ def main() -> int:
             page.choose("Sample X-ray (test split)")
             page.select(SAMPLE_LABEL, args.case)
             page.diagnose()
-            page.wait_for_text(f"Result for the test X-ray {args.case}", "most similar cases")
+            page.wait_for_text(f"Result for the test X-ray {args.case}", "most similar studies")
             shrink(page.screenshot(args.out))
             print(f"wrote {args.out}")
     return 0
