@@ -54,10 +54,6 @@ class Study:
     def source(self) -> str:
         return self.first.source
 
-    @property
-    def split(self) -> str:
-        return self.first.split
-
     def text(self, sections: Iterable[str] = TEXT_FIELDS) -> str:
         return self.first.text(sections)
 

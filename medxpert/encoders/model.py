@@ -224,6 +224,10 @@ class DualEncoder:
     def image_stages(self) -> ImageStages | None:
         return self._image_split
 
+    @property
+    def text_stages(self) -> TextStages | None:
+        return self._text_split
+
     def _cache(self, fingerprint: str) -> FeatureCache:
         if fingerprint not in self._caches:
             self._caches[fingerprint] = FeatureCache(self._cache_root, fingerprint)

@@ -109,9 +109,6 @@ class FeatureCache:
             index = len(self._shards) - 1
             self._rows.update({str(key): (index, row) for row, key in enumerate(keys)})
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
     def __contains__(self, key: str) -> bool:
         return key in self._rows
 

@@ -130,7 +130,7 @@ class TextFeed:
         if self.features is None:
             tokens = self.encoder.tokenize([self.texts[i] for i in index]).to(device)
             return self.encoder.model.encode_text(tokens, normalize=True)
-        projected = self.encoder.model.text.proj(self.features[list(index)].to(device))
+        projected = self.encoder.text_stages.suffix(self.features[list(index)].to(device))
         return F.normalize(projected, dim=-1)
 
 

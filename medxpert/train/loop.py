@@ -18,7 +18,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from medxpert.data import Case, group_studies, report_groups
 from medxpert.encoders import Augmentation, DualEncoder
 from medxpert.encoders.staged import ImageStages
 from medxpert.errors import MedXpertError
+from medxpert.eval.bootstrap import roc_auc
 from medxpert.eval.retrieval_metrics import (
     group_recall_at_k,
     knn_label_scores,
@@ -128,20 +129,77 @@ def finetune(
     }
     if resume:
         state = _load_checkpoint(checkpoints / "last.pt", model, optimizer, scheduler, state)
-    with contextlib.ExitStack() as stack:
-        cached = config.cache_features and config.frozen_image_stages is not None
-        if config.cache_features:
-            cache_dir = feature_cache or stack.enter_context(tempfile.TemporaryDirectory())
-            encoder.use_feature_cache(cache_dir, image_stages=config.frozen_image_stages)
-            stack.callback(encoder.use_feature_cache, None)
-        stages = encoder.image_stages
-        cached = cached and stages is not None and not _trains_any(model, stages)
+    with _feature_cache(encoder, config, feature_cache) as cached:
         batches = _Batches(sets, encoder, config, cached=cached)
         validator = Validator(encoder, val_cases, config.text_sections, gallery=sets.images)
-        _train_epochs(
-            encoder, config, sets, batches, validator, frozen, optimizer, scheduler, scaler,
-            autocast, state, log, out_dir, checkpoints, start_time, on_epoch,
-        )  # fmt: skip
+        for epoch in range(state["epoch"], config.epochs):
+            model.train()
+            for module in frozen:
+                module.eval()  # frozen batch-norm layers keep their pretrained statistics
+            plan = _epoch_plan(sets, config, epoch)
+            batches.start_epoch(epoch)
+            window = _LossWindow()
+            progress = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
+            for position, kind in enumerate(progress):
+                with autocast():
+                    losses = _step_losses(kind, batches, encoder, config)
+                    loss = sum(losses.values())
+                scaler.scale(loss / config.grad_accum).backward()
+                if (position + 1) % config.grad_accum == 0 or position + 1 == len(plan):
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    with torch.no_grad():
+                        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                state["step"] += 1
+                window.add(loss, losses)
+                if state["step"] % config.log_every == 0 or position + 1 == len(plan):
+                    record = {
+                        "event": "step",
+                        "epoch": epoch + 1,
+                        "step": state["step"],
+                        "kind": kind,
+                        **window.means(),
+                        "lr_tower": scheduler.get_last_lr()[0],
+                        "logit_scale": float(model.logit_scale.detach().exp()),
+                        "seconds": round(time.perf_counter() - start_time, 1),
+                    }
+                    log.write(record)
+                    progress.set_postfix(loss=f"{record['loss']:.3f}")
+            metrics = validator()
+            score = metrics.get("score", -float(loss.detach()))
+            improved = score > state["best_score"]
+            state["history"].append({"epoch": epoch + 1, **metrics, "score": score})
+            log.write(
+                {
+                    "event": "epoch",
+                    "epoch": epoch + 1,
+                    **metrics,
+                    "score": score,
+                    "improved": improved,
+                    "seconds": round(time.perf_counter() - start_time, 1),
+                }
+            )
+            logger.info(
+                "epoch %d: validation %s",
+                epoch + 1,
+                ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()),
+            )
+            if improved:
+                state.update(best_score=score, best_epoch=epoch + 1, stale=0)
+                encoder.save(out_dir, training=_record(config, sets, state))
+            else:
+                state["stale"] += 1
+            state["epoch"] = epoch + 1
+            _save_checkpoint(checkpoints / "last.pt", model, optimizer, scheduler, state)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, score)
+            if state["stale"] >= config.patience:
+                logger.info("early stop: no better validation score for %d epochs", state["stale"])
+                break
 
     best = DualEncoder.load(out_dir, device=str(device.type))
     encoder.model.load_state_dict(best.model.state_dict())
@@ -157,79 +215,24 @@ def finetune(
     )
 
 
-def _train_epochs(
-    encoder, config, sets, batches, validator, frozen, optimizer, scheduler, scaler, autocast,
-    state, log, out_dir, checkpoints, start_time, on_epoch,
-) -> None:  # fmt: skip
-    model = encoder.model
-    for epoch in range(state["epoch"], config.epochs):
-        model.train()
-        for module in frozen:
-            module.eval()  # frozen batch-norm layers keep their pretrained statistics
-        plan = _epoch_plan(sets, config, epoch)
-        batches.start_epoch(epoch)
-        window = _LossWindow()
-        progress = tqdm(plan, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
-        for position, kind in enumerate(progress):
-            with autocast():
-                losses = _step_losses(kind, batches, encoder, config)
-                loss = sum(losses.values())
-            scaler.scale(loss / config.grad_accum).backward()
-            if (position + 1) % config.grad_accum == 0 or position + 1 == len(plan):
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            state["step"] += 1
-            window.add(loss, losses)
-            if state["step"] % config.log_every == 0 or position + 1 == len(plan):
-                record = {
-                    "event": "step",
-                    "epoch": epoch + 1,
-                    "step": state["step"],
-                    "kind": kind,
-                    **window.means(),
-                    "lr_tower": scheduler.get_last_lr()[0],
-                    "logit_scale": float(model.logit_scale.detach().exp()),
-                    "seconds": round(time.perf_counter() - start_time, 1),
-                }
-                log.write(record)
-                progress.set_postfix(loss=f"{record['loss']:.3f}")
-        metrics = validator()
-        score = metrics.get("score", -float(loss.detach()))
-        improved = score > state["best_score"]
-        state["history"].append({"epoch": epoch + 1, **metrics, "score": score})
-        log.write(
-            {
-                "event": "epoch",
-                "epoch": epoch + 1,
-                **metrics,
-                "score": score,
-                "improved": improved,
-                "seconds": round(time.perf_counter() - start_time, 1),
-            }
+@contextlib.contextmanager
+def _feature_cache(
+    encoder: DualEncoder, config: TrainConfig, directory: str | Path | None
+) -> Iterator[bool]:
+    """The frozen stages' cache for this run (a temporary folder when `directory` is None);
+    yields whether the image features can come from it (the cached stages must be frozen)."""
+    with contextlib.ExitStack() as stack:
+        if config.cache_features:
+            directory = directory or stack.enter_context(tempfile.TemporaryDirectory())
+            encoder.use_feature_cache(directory, image_stages=config.frozen_image_stages)
+            stack.callback(encoder.use_feature_cache, None)
+        stages = encoder.image_stages
+        yield (
+            config.cache_features
+            and config.frozen_image_stages is not None
+            and stages is not None
+            and not _trains_any(encoder.model, stages)
         )
-        logger.info(
-            "epoch %d: validation %s",
-            epoch + 1,
-            ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()),
-        )
-        if improved:
-            state.update(best_score=score, best_epoch=epoch + 1, stale=0)
-            encoder.save(out_dir, training=_record(config, sets, state))
-        else:
-            state["stale"] += 1
-        state["epoch"] = epoch + 1
-        _save_checkpoint(checkpoints / "last.pt", model, optimizer, scheduler, state)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, score)
-        if state["stale"] >= config.patience:
-            logger.info("early stop: no better validation score for %d epochs", state["stale"])
-            break
 
 
 class _LossWindow:
@@ -435,18 +438,16 @@ class Validator:
         return metrics
 
     def _knn_auc(self) -> float | None:
-        from sklearn.metrics import roc_auc_score
-
         queries = self.encoder.encode_images([c.image_path for c in self.images])
         gallery = self.encoder.encode_images([c.image_path for c in self.gallery])
         truth = label_matrix(self.images)
         scores = knn_label_scores(queries @ gallery.T, label_matrix(self.gallery) == 1, 25)
-        aucs = [
-            roc_auc_score(truth[known, label] == 1, scores[known, label])
-            for label in range(truth.shape[1])
-            if (known := np.isin(truth[:, label], (0, 1))).any()
-            and 5 <= (truth[known, label] == 1).sum() < known.sum()
-        ]
+        aucs = []
+        for label in range(truth.shape[1]):
+            known = np.isin(truth[:, label], (0, 1))  # positive or negative, not uncertain
+            positives = int((truth[known, label] == 1).sum())
+            if 5 <= positives < known.sum():
+                aucs.append(roc_auc(truth[known, label] == 1, scores[known, label]))
         return float(np.mean(aucs)) if aucs else None
 
 
