@@ -7,7 +7,8 @@
 #   ./dev.sh data         summary of the shared data packs (results/data_summary.json)
 #   ./dev.sh train        fine-tune the offline default encoder (models/medxpert-default)
 #   ./dev.sh index        embed train+val cases into the case library (indexes/medxpert-default)
-#   ./dev.sh eval         retrieval, fusion, blend-weight, report-quality and clinical-context metrics
+#   ./dev.sh eval         retrieval, fusion, blend-weight, thresholds, report-quality and context metrics
+#   ./dev.sh r2gen        report quality under the R2Gen protocol (own model + library; not in all)
 #   ./dev.sh tune         search fine-tuning settings with Optuna on val (not in the main job)
 #   ./dev.sh search       sample searches: top-K tables, CSV and PNG grids (results/inference_plots)
 #   ./dev.sh diagnose     structured reports for sample test X-rays and a text (results/reports)
@@ -144,7 +145,9 @@ run_eval() {
   "$VENV/bin/medxpert" eval fusion
   step "Zero-shot blend weight, chosen on val, measured on test -> indexes/medxpert-default/blend.json, results/blend_metrics.*"
   "$VENV/bin/medxpert" eval blend
-  step "Report quality against a top-1-report baseline -> results/report_metrics.{json,csv,md,png}"
+  step "Per-finding reporting thresholds, chosen on val -> indexes/medxpert-default/thresholds.json, results/thresholds.md"
+  "$VENV/bin/medxpert" eval thresholds
+  step "Report quality: prose writer vs read-out, top-1 and random reports -> results/report_metrics.{json,csv,md,png}"
   "$VENV/bin/medxpert" eval reports
   step "Clinical context A/B, X-ray alone vs X-ray + note -> results/context_metrics.{json,csv,md,png}"
   "$VENV/bin/medxpert" eval context
@@ -167,6 +170,25 @@ run_tune() {
   offline_env
   step "Optuna search of the fine-tuning settings on val -> results/tune/ (optuna.db, plots)"
   "$VENV/bin/medxpert" tune "$@"
+}
+
+run_r2gen() {
+  offline_env
+  step "R2Gen protocol: fine-tuning on R2Gen's IU X-ray train split only -> models/medxpert-r2gen"
+  if [ -f models/medxpert-r2gen/medxpert.json ]; then
+    echo "models/medxpert-r2gen exists (delete it to retrain)"
+  else
+    "$VENV/bin/medxpert" train --source iu_xray_r2gen --out models/medxpert-r2gen
+  fi
+  step "Library of R2Gen's train studies -> indexes/medxpert-r2gen"
+  "$VENV/bin/medxpert" index build --model models/medxpert-r2gen --name medxpert-r2gen \
+    --source iu_xray_r2gen --split train
+  step "Reporting thresholds on R2Gen's val split"
+  "$VENV/bin/medxpert" eval thresholds --protocol r2gen --model models/medxpert-r2gen \
+    --index medxpert-r2gen --out results/thresholds_r2gen
+  step "Report quality on R2Gen's test split -> results/report_metrics_r2gen.{json,csv,md,png}"
+  "$VENV/bin/medxpert" eval reports --protocol r2gen --model models/medxpert-r2gen \
+    --index medxpert-r2gen
 }
 
 run_labels() {
@@ -220,7 +242,7 @@ main_job() {
   step "Main job finished; results are under results/"
 }
 
-usage() { sed -n "2,19p" "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,20p" "$0" | sed 's/^# \{0,1\}//'; }
 
 command="${1:-all}"
 [ $# -gt 0 ] && shift
@@ -236,6 +258,7 @@ case "$command" in
   diagnose) setup; run_diagnose ;;
   labels) setup; run_labels ;;
   tune)   setup; run_tune "$@" ;;
+  r2gen)  setup; run_r2gen ;;
   app)    setup; run_app ;;
   serve)  setup; run_serve "$@" ;;
   help|-h|--help) usage ;;

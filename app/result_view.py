@@ -86,12 +86,11 @@ def _show_probabilities(diagnosis: Diagnosis) -> None:
 
 def _show_report(diagnosis: Diagnosis) -> None:
     report = diagnosis.report
-    st.markdown("#### Findings")
-    for statement in report.findings:
-        cited = " ".join(f"`{case_id}`" for case_id in statement.cited_case_ids)
-        st.markdown(f"- {_plain(statement.text)}" + (f"  \n  Cited: {cited}" if cited else ""))
-    st.markdown("#### Impression")
-    st.markdown(_plain(report.impression))
+    for title, statements in (("Findings", report.findings), ("Impression", report.impression)):
+        st.markdown(f"#### {title}")
+        for statement in statements:
+            cited = " ".join(f"`{case_id}`" for case_id in statement.cited_case_ids)
+            st.markdown(f"- {_plain(statement.text)}" + (f"  \n  Cited: {cited}" if cited else ""))
     for warning in report.warnings:
         st.warning(warning)
     writer = report.writer + (f" ({report.model})" if report.model else "")

@@ -10,12 +10,18 @@ from artifacts import Artifacts, Library, Model
 
 from medxpert.caption.registry import BLIP_DIR_NAME
 from medxpert.config import Settings
+from medxpert.report import writer_options
 from medxpert.report.gemini import DEFAULT_MODEL, KEY_VARIABLES
 from medxpert.retrieval import DEFAULT_NOTE_WEIGHT
 
 MAX_K = 50
 CAPTIONER_NAMES = {"labels": "Zero-shot labels (offline)", "blip": "BLIP (transformers)"}
-WRITER_NAMES = {"offline": "Offline (nothing leaves this machine)", "gemini": "Gemini (Google API)"}
+WRITER_NAMES = {
+    "offline": "Offline (nothing leaves this machine)",
+    "gemini": "Gemini (Google API)",
+    "openai-compatible": "Local LLM (OpenAI-compatible server)",
+}
+LLM_LABELS = {"gemini": "Gemini", "openai-compatible": "the local LLM"}
 
 
 @dataclass(frozen=True)
@@ -108,31 +114,54 @@ def _pick_captioner(settings: Settings) -> tuple[str, str | None]:
 
 
 def _pick_writer(settings: Settings) -> tuple[str, dict]:
-    has_key = any(os.environ.get(name) for name in KEY_VARIABLES)
-    default = settings.writer if has_key else "offline"
+    """The writers that can run here: Gemini with a key, the local LLM with MEDXPERT_LLM_URL."""
+    usable = {
+        "offline": True,
+        "gemini": any(os.environ.get(name) for name in KEY_VARIABLES),
+        "openai-compatible": bool(settings.llm_url),
+    }
+    names = [name for name in WRITER_NAMES if usable[name]]
     writer = st.radio(
         "Report writer",
-        list(WRITER_NAMES),
-        index=list(WRITER_NAMES).index(default),
+        names,
+        index=names.index(settings.writer) if settings.writer in names else 0,
         format_func=WRITER_NAMES.get,
-        disabled=not has_key,
+        disabled=len(names) == 1,
         key="writer",
     )
-    if not has_key:
+    if not usable["gemini"]:
         st.caption(
             f"Gemini is unavailable: set {' or '.join(KEY_VARIABLES)} in the app's environment "
             "to use it."
         )
+    if not usable["openai-compatible"]:
+        st.caption(
+            "A local LLM is unavailable: set MEDXPERT_LLM_URL (e.g. http://127.0.0.1:11434/v1 "
+            "for Ollama) in the app's environment to use one."
+        )
     if writer == "offline":
         return writer, {}
-    model = st.text_input("Gemini model", DEFAULT_MODEL, key="llm_model")
-    send_image = st.checkbox(
-        "Also send the X-ray image to Gemini",
+    options = writer_options(writer, settings)
+    if writer == "gemini":
+        model = st.text_input("Gemini model", options.get("model", DEFAULT_MODEL), key="llm_model")
+        options["model"] = model.strip() or DEFAULT_MODEL
+    else:
+        url = st.text_input("Local LLM server (URL)", options["url"], key="llm_url")
+        model = st.text_input(
+            "Local LLM model",
+            options.get("model", ""),
+            key="local_llm_model",
+            help="Empty: the first model the server lists.",
+        )
+        options.update(url=url.strip() or options["url"], model=model.strip() or None)
+    label = LLM_LABELS[writer]
+    options["send_image"] = st.checkbox(
+        f"Also send the X-ray image to {label}",
         key="send_image",
-        help="Off: Gemini receives de-identified text only (caption, probabilities, report "
-        "excerpts, note).",
+        help=f"Off: {label} receives de-identified text only (the offline draft, caption, "
+        "probabilities, report excerpts, note).",
     )
-    return writer, {"model": model.strip() or DEFAULT_MODEL, "send_image": send_image}
+    return writer, options
 
 
 def _count(library: Library, target: str) -> int:

@@ -24,7 +24,7 @@ def project_root() -> Path:
 
 
 DEVICES = ("auto", "cpu", "cuda")
-WRITERS = ("offline", "gemini")
+WRITERS = ("offline", "readout", "gemini", "openai-compatible")
 CAPTIONERS = ("labels", "blip")
 
 
@@ -42,6 +42,10 @@ class Settings:
     encoder: str = "medxpert-default"
     captioner: str = "labels"
     writer: str = "offline"
+    llm_url: str | None = (
+        None  # the openai-compatible writer's server, e.g. http://127.0.0.1:11434/v1
+    )
+    llm_model: str | None = None  # the LLM writers' model (default: the writer's own)
     max_image_pixels: int = 64_000_000
     max_image_mb: int = 100
 

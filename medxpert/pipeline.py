@@ -27,8 +27,11 @@ import numpy as np
 
 from medxpert.caption import Caption, make_captioner
 from medxpert.data.images import ImageSource, open_image
+from medxpert.data.study import study_key
 from medxpert.errors import QueryError
 from medxpert.report import ReportContext, StructuredReport, make_writer
+from medxpert.report.sentences import phrasing_counts
+from medxpert.report.thresholds import default_thresholds, read_thresholds
 from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters, Fusion, Hit, SearchEngine
 from medxpert.retrieval.engine import study_vector
 from medxpert.retrieval.export import hit_record
@@ -63,10 +66,20 @@ class DiagnosisPipeline:
     """Search engine + captioner + report writer."""
 
     def __init__(
-        self, engine: SearchEngine, captioner, writer, *, k: int = 10, zero_shot_weight: float = 0.0
+        self,
+        engine: SearchEngine,
+        captioner,
+        writer,
+        *,
+        k: int = 10,
+        zero_shot_weight: float = 0.0,
+        thresholds: dict[str, float] | None = None,
     ) -> None:
         self.engine, self.captioner, self.writer, self.k = engine, captioner, writer, k
         self.zero_shot_weight = zero_shot_weight
+        self.thresholds = thresholds or default_thresholds()
+        reports = {(study_key(c), c.findings, c.impression) for c in engine.library.cases}
+        self.phrasing = phrasing_counts(text for _, *sections in reports for text in sections)
 
     @classmethod
     def from_artifacts(
@@ -99,14 +112,16 @@ class DiagnosisPipeline:
             vectors, cases = engine.library.image_vectors()
             used = captioner_.calibrate(vectors, np.stack([case.labels for case in cases]))
             logger.info("caption calibrated on the library's images: %s", used)
+        fingerprint = engine.encoder.fingerprint()
         if zero_shot_weight is None:
-            zero_shot_weight = read_blend_weight(index_dir, engine.encoder.fingerprint())
+            zero_shot_weight = read_blend_weight(index_dir, fingerprint)
         return cls(
             engine,
             captioner_,
             make_writer(writer, **(writer_options or {})),
             k=k,
             zero_shot_weight=zero_shot_weight,
+            thresholds=read_thresholds(index_dir, fingerprint),
         )
 
     @property
@@ -119,18 +134,43 @@ class DiagnosisPipeline:
         image: ImageSource | None = None,
         text: str | None = None,
         note: str | None = None,
+        **options,
+    ) -> Diagnosis:
+        """Diagnose an image, or several `images` of one study (frontal first: the caption is
+        of the first), with an optional clinical note; or a text query. `options` are those of
+        `evidence` (images, k, target, filters, note_weight)."""
+        timings: dict[str, float] = {}
+        context = self.evidence(image, text, note, timings=timings, **options)
+        with _timed(timings, "write"):
+            report = self.writer.write(context)
+        timings["total"] = round(sum(timings.values()), 2)
+        report = report.model_copy(update={"timings_ms": timings})
+        return Diagnosis(
+            report,
+            list(context.hits),
+            context.caption,
+            context.vote.probabilities,
+            timings,
+            context.vote.zero_shot_weight,
+        )
+
+    def evidence(
+        self,
+        image: ImageSource | None = None,
+        text: str | None = None,
+        note: str | None = None,
         *,
         images: Sequence[ImageSource] | None = None,
         k: int | None = None,
         target: str = "both",
         filters: Filters | None = None,
         note_weight: float | None = None,
-    ) -> Diagnosis:
-        """Diagnose an image, or several `images` of one study (frontal first: the caption is
-        of the first), with an optional clinical note; or a text query. `note_weight`
-        overrides the engine's weight of the note for this query."""
+        timings: dict[str, float] | None = None,
+    ) -> ReportContext:
+        """Everything a report is written from (the stages before the writer), each stage
+        timed into `timings`. `note_weight` overrides the engine's weight of the note."""
         k = k or self.k
-        timings: dict[str, float] = {}
+        timings = {} if timings is None else timings
         if image is not None and images is not None:
             raise QueryError("give one image as image or a study's images as images, not both.")
         if images is not None and not images:
@@ -158,7 +198,7 @@ class DiagnosisPipeline:
             with _timed(timings, "caption"):
                 caption = self.captioner.caption(pictures[0], vector=vectors[0])
         with _timed(timings, "read-outs"):
-            context = ReportContext.from_hits(
+            return ReportContext.from_hits(
                 hits,
                 zero_shot_weight=self.zero_shot_weight,
                 caption=caption,
@@ -166,19 +206,9 @@ class DiagnosisPipeline:
                 note=note,
                 has_image=bool(pictures),
                 image_png=_png(pictures[0]) if pictures and self._may_send_image else None,
+                thresholds=self.thresholds,
+                phrasing=self.phrasing,
             )
-        with _timed(timings, "write"):
-            report = self.writer.write(context)
-        timings["total"] = round(sum(timings.values()), 2)
-        report = report.model_copy(update={"timings_ms": timings})
-        return Diagnosis(
-            report,
-            hits,
-            caption,
-            context.vote.probabilities,
-            timings,
-            context.vote.zero_shot_weight,
-        )
 
 
 def _png(image: ImageSource) -> bytes:

@@ -40,7 +40,7 @@ def workspace(tmp_path_factory, shared_pack) -> dict[str, str]:
 def env(workspace, monkeypatch) -> Settings:
     for name, value in workspace.items():
         monkeypatch.setenv(name, value)
-    for name in KEY_VARIABLES:
+    for name in (*KEY_VARIABLES, "MEDXPERT_LLM_URL", "MEDXPERT_LLM_MODEL"):
         monkeypatch.delenv(name, raising=False)
     return Settings.from_env()
 
@@ -79,8 +79,7 @@ def assert_shows(at: AppTest, diagnosis) -> None:
     assert not at.exception and not at.error, [e.value for e in at.error]
     text = shown(at)
     report = diagnosis.report
-    assert report.impression in text
-    assert all(statement.text in text for statement in report.findings)
+    assert all(statement.text in text for statement in report.statements)
     colour = TRIAGE_COLOURS[report.triage.level]
     assert re.search(rf"Triage :{colour}-badge\[[^\]]*{report.triage.level.upper()}\]", text)
     assert report.triage.reason in text
@@ -225,6 +224,21 @@ def test_with_a_key_gemini_can_be_chosen_and_the_key_is_never_shown(env, monkeyp
         str(getattr(node, "proto", "")) for block in (at.main, at.sidebar) for node in block
     ]
     assert rendered and not any(secret in proto for proto in rendered)
+
+
+def test_with_a_server_url_a_local_llm_can_be_chosen(env, monkeypatch):
+    monkeypatch.setenv("MEDXPERT_LLM_URL", "http://127.0.0.1:11434/v1")
+    at = run_app()
+    writer = at.radio(key="writer")
+    assert not writer.disabled and writer.options == [
+        "Offline (nothing leaves this machine)",
+        "Local LLM (OpenAI-compatible server)",
+    ]
+    writer.set_value("openai-compatible").run()
+    assert not at.exception
+    assert at.text_input(key="llm_url").value == "http://127.0.0.1:11434/v1"
+    assert at.text_input(key="local_llm_model").value == ""
+    assert at.checkbox(key="send_image").value is False
 
 
 def test_without_a_library_the_app_says_how_to_build_one(env, monkeypatch, tmp_path):

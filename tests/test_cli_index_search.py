@@ -17,6 +17,7 @@ import pytest
 from medxpert.cli import main
 from medxpert.index import CaseLibrary
 from medxpert.index.export import read_embeddings
+from medxpert.labels import CHEXPERT_LABELS
 from tests.builders import mini_packs, tiny_blip, tiny_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,18 +337,28 @@ def test_train_captioner_then_diagnose_with_blip(built, tmp_path, capsys):
     assert "image-report pairs" in capsys.readouterr().err
 
 
-def test_eval_reports_scores_medxpert_and_the_top1_baseline(built, capsys):
+def test_eval_thresholds_then_reports_score_the_prose_writer_and_three_baselines(built, capsys):
+    assert main(["eval", "thresholds", "--out", str(built / "thresholds")]) == 0
+    saved = json.loads((built / "indexes" / "medxpert-default" / "thresholds.json").read_text())
+    assert set(saved["thresholds"]) == set(CHEXPERT_LABELS) - {"No Finding"}
+    assert "| Cardiomegaly |" in (built / "thresholds.md").read_text()
     out = built / "report_metrics"
     assert main(["eval", "reports", "--limit", "6", "--bootstrap", "20", "--out", str(out)]) == 0
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     tasks = {row["task"] for row in rows}
-    assert any(task.startswith("IU test reports as text queries") for task in tasks)
-    assert any(task.startswith("COVID test X-rays") for task in tasks)
+    assert any(task.startswith("IU test X-ray queries") for task in tasks)
+    assert any(task.startswith("IU test reports as TEXT queries") for task in tasks)
+    assert any(task.startswith("COVID test X-ray queries") for task in tasks)
     metrics = {row["metric"] for row in rows}
     assert {"BLEU-1", "BLEU-4", "ROUGE-L", "CheXpert F1 micro"} <= metrics
+    systems = (
+        "random train report",
+        "top-1 retrieved report",
+        "read-out writer",
+        "MedXpert (prose writer)",
+    )
     for row in rows:
-        assert 0 <= row["MedXpert (offline writer)"]["value"] <= 1
-        assert 0 <= row["top-1 report"]["value"] <= 1
+        assert all(0 <= row[name]["value"] <= 1 for name in systems)
     assert "| ROUGE-L |" in capsys.readouterr().out
 
 

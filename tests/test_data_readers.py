@@ -27,6 +27,7 @@ def test_every_reader_is_registered():
     assert {spec.name for spec in sources()} == {
         "nih_cxr14",
         "iu_xray",
+        "iu_xray_r2gen",
         "covid_cxr",
         "mimic_cxr",
         "hf",
@@ -75,6 +76,20 @@ def test_iu_pack_pairs_every_image_with_its_study_report(shared_pack, split):
         reports.setdefault(case.study_id, set()).add(case.text())
     assert all(len(texts) == 1 for texts in reports.values())
     assert open_image(cases[0].image_path).size == (256, 256)
+
+
+def test_the_r2gen_split_reads_the_studies_r2gen_assigns(shared_pack):
+    table = pd.read_csv(shared_pack("iu_xray") / "reports.csv", dtype=str, keep_default_na=False)
+    for split in ("train", "val", "test"):
+        expected = set(table.loc[table["r2gen_split"] == split, "study_id"])
+        cases = load_cases("iu_xray_r2gen", split)
+        assert {c.study_id for c in cases} == {f"iu_xray:{s}" for s in expected}
+        assert {c.split for c in cases} == {split} and {c.source for c in cases} == {
+            "iu_xray_r2gen"
+        }
+    # the studies R2Gen left out are not read
+    everything = {c.study_id for c in load_cases("iu_xray_r2gen")}
+    assert len(everything) == table.loc[table["r2gen_split"] != "", "study_id"].nunique()
 
 
 def test_iu_reader_uses_images_once_they_are_added(shared_pack, tmp_path):

@@ -1,4 +1,4 @@
-"""The offline writer (grounded, cited, never unsupported), the label captioner, and the
+"""The read-out writer, the label captioner, and the
 DiagnosisPipeline end to end on a tiny model, with the bad inputs a user can give it."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from medxpert.errors import IndexNotFoundError, InvalidImageError, QueryError
 from medxpert.index import CaseLibrary
 from medxpert.labels import LABEL_INDEX, label_vector
 from medxpert.pipeline import DiagnosisPipeline
-from medxpert.report import OfflineWriter, ReportContext, StructuredReport
+from medxpert.report import OfflineWriter, ReadoutWriter, ReportContext, StructuredReport
 from medxpert.retrieval import Hit, SearchEngine
 from tests.builders import gradient, library_cases, png_bytes, tiny_encoder
 
@@ -39,34 +39,34 @@ def context_of(hits: list[Hit]) -> ReportContext:
     return ReportContext.from_hits(hits)
 
 
-def test_offline_report_states_only_supported_findings_and_cites_them():
+def test_readout_report_states_only_supported_findings_and_cites_them():
     hits = [
         report_hit("a", 0.90, EFFUSION, {"Pleural Effusion": 1, "Pneumothorax": 0}, 1),
         report_hit("b", 0.89, EFFUSION, {"Pleural Effusion": 1}, 2),
         report_hit("c", 0.80, NORMAL, {"No Finding": 1, "Pleural Effusion": 0}, 3),
     ]
-    report = OfflineWriter().write(context_of(hits))
+    report = ReadoutWriter().write(context_of(hits))
     assert len(report.findings) == 1
     finding = report.findings[0]
     assert finding.text.startswith("Pleural Effusion: probability")
     assert '"Large left pleural effusion."' in finding.text
     assert finding.cited_case_ids == ["a", "b"]
-    assert "pleural effusion" in report.impression.lower()
+    assert "pleural effusion" in report.impression_text.lower()
     assert [c.code for c in report.icd10] == ["J90"]
     assert report.triage.level == "priority"
     assert {c.case_id for c in report.cited_cases} == {"a", "b"}
-    assert "Pneumothorax" not in " ".join(f.text for f in report.findings)
+    assert "Pneumothorax" not in report.findings_text
     again = StructuredReport.model_validate_json(report.model_dump_json())
     assert again == report and "decision support" in report.disclaimer.lower()
     markdown = report.to_markdown()
     assert "**Triage: PRIORITY**" in markdown and "[a, b]" in markdown
 
 
-def test_offline_report_of_normal_and_of_disagreeing_cases():
+def test_readout_report_of_normal_and_of_disagreeing_cases():
     normal = [
         report_hit(f"n{i}", 0.9 - i / 100, NORMAL, {"No Finding": 1}, i + 1) for i in range(3)
     ]
-    report = OfflineWriter().write(context_of(normal))
+    report = ReadoutWriter().write(context_of(normal))
     assert report.findings[0].text.startswith("No acute cardiopulmonary abnormality")
     assert report.findings[0].cited_case_ids == ["n0", "n1", "n2"]
     assert report.triage.level == "routine" and report.icd10 == []
@@ -75,8 +75,8 @@ def test_offline_report_of_normal_and_of_disagreeing_cases():
         report_hit("y", 0.9, "Cardiomegaly.", {"Cardiomegaly": 1}, 2),
         report_hit("z", 0.9, "Small pneumothorax.", {"Pneumothorax": 1}, 3),
     ]
-    report = OfflineWriter().write(context_of(mixed))
-    assert report.impression.startswith("Indeterminate")
+    report = ReadoutWriter().write(context_of(mixed))
+    assert report.impression_text.startswith("Indeterminate")
     assert report.findings[0].cited_case_ids == []
     assert report.triage.level == "priority"  # pneumothorax 0.33 ≥ 0.25
 

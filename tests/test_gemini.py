@@ -1,7 +1,8 @@
 """The Gemini writer against a server of our own on 127.0.0.1 that answers in the Gemini
-`generateContent` REST format: a good answer, malformed JSON, a schema violation, 429 then
-success, a timeout, no key; what is sent (de-identified, no image unless opted in); the key
-never logged. And de-identification itself."""
+`generateContent` REST format: a good answer, an unfaithful one, malformed JSON, a schema
+violation, 429 then success, a timeout, no key; what is sent (the offline draft and its
+evidence, de-identified, no image unless opted in); the key never logged. And
+de-identification itself."""
 
 from __future__ import annotations
 
@@ -24,12 +25,17 @@ KEY = "test-key-not-a-secret-4711"
 NOTE = "Seen by Dr. Jane Smith on 03/14/2024, MRN 12345678, jane@example.org. Fever, cough."
 DRAFT = {
     "findings": [
-        {"text": "Left pleural effusion.", "cited_case_ids": ["a", "ghost"]},
+        {"text": "Large left pleural effusion.", "cited_case_ids": ["a", "ghost"]},
     ],
-    "impression": "Left pleural effusion.",
-    "differential": [
-        {"condition": "Pleural Effusion", "probability": 0.8, "supporting_case_ids": ["a"]}
+    "impression": [{"text": "Left pleural effusion.", "cited_case_ids": ["a"]}],
+}
+UNFAITHFUL = {
+    "findings": [
+        *DRAFT["findings"],
+        {"text": "Large right pneumothorax.", "cited_case_ids": ["a"]},
+        {"text": "Heart size is normal.", "cited_case_ids": []},
     ],
+    "impression": DRAFT["impression"],
 }
 
 
@@ -127,11 +133,13 @@ def test_a_good_answer_becomes_the_report(server, context, caplog):
     with caplog.at_level(logging.DEBUG):
         report = writer(server).write(context)
     assert report.writer == "gemini" and report.model == "gemini-test"
-    assert report.impression == "Left pleural effusion."
+    assert report.findings_text == "Large left pleural effusion."
+    assert report.impression_text == "Left pleural effusion."
     assert report.findings[0].cited_case_ids == ["a"]  # "ghost" was never retrieved
     assert any("ghost" in w for w in report.warnings)
     offline = OfflineWriter().write(context)
     assert report.icd10 == offline.icd10 and report.triage == offline.triage
+    assert report.differential == offline.differential  # computed, not generated
     assert [c.case_id for c in report.cited_cases] == ["a"]
     (request,) = FakeGemini.requests
     assert request["path"].endswith("/models/gemini-test:generateContent")
@@ -141,7 +149,21 @@ def test_a_good_answer_becomes_the_report(server, context, caplog):
     assert "555-0199" not in body and "[EMAIL]" in body and "Fever, cough." in body
     assert "inlineData" not in body and "inline_data" not in body, "no image without consent"
     assert "application/json" in body and "responseSchema" in body
+    prompt = json.loads(json.loads(body)["contents"][0]["parts"][0]["text"])
+    drafted = [s.text for s in offline.findings]
+    assert [s["text"] for s in prompt["draft"]["findings"]] == [deidentify(t) for t in drafted]
+    assert prompt["reporting_thresholds"]["Pleural Effusion"] == 0.5
+    assert prompt["supported_findings"]["as a fact"] == ["Pleural Effusion"]
     assert KEY not in caplog.text and KEY not in repr(writer(server))
+
+
+def test_an_unfaithful_answer_is_checked(server, context):
+    FakeGemini.script = [(200, answer(json.dumps(UNFAITHFUL)), 0)]
+    report = writer(server).write(context)
+    assert report.writer == "gemini"
+    assert report.findings_text == "Large left pleural effusion."
+    removed = [w for w in report.warnings if w.startswith("Removed")]
+    assert len(removed) == 2 and "pneumothorax" in removed[0] and "cites no" in removed[1]
 
 
 def test_the_image_is_sent_only_with_consent(server, context):
@@ -219,7 +241,9 @@ def test_writer_registry():
     from medxpert.report import make_writer
 
     assert isinstance(make_writer("gemini", model="m", send_image=True), GeminiWriter)
-    with pytest.raises(ConfigError, match="gemini writer"):
+    with pytest.raises(ConfigError, match="for the LLM writers"):
         make_writer("offline", send_image=True)
-    with pytest.raises(ConfigError, match="available: offline, gemini"):
+    with pytest.raises(ConfigError, match="gemini writer takes no option url"):
+        make_writer("gemini", url="http://127.0.0.1:1/v1")
+    with pytest.raises(ConfigError, match="available: offline, readout, gemini, openai-compatible"):
         make_writer("gpt")

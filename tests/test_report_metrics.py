@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from medxpert.eval.r2gen import R2GenText, sentences
 from medxpert.eval.reports import (
     ReportItem,
     bleu,
@@ -60,9 +61,21 @@ def test_label_f1_by_hand():
 
 def test_a_perfect_system_beats_an_empty_one():
     items = [ReportItem(str(i), {"i": i}, text) for i, text in enumerate(REFERENCES)]
+    asked = []
+
+    def evidence(i: int) -> int:  # gathered once per item, shared by every system
+        asked.append(i)
+        return i
+
     rows = evaluate_reports(
-        "toy", items, {"empty": lambda i: "", "copy": lambda i: REFERENCES[i]}, n_boot=50
+        "toy",
+        items,
+        {"empty": lambda i: "", "copy": lambda i: REFERENCES[i]},
+        evidence,
+        n_boot=50,
+        extra=R2GenText(REFERENCES * 3).scores,
     )
+    assert asked == [0, 1, 2, 3]
     by_metric = {row.metric: row.estimates for row in rows}
     assert by_metric["BLEU-3"]["copy"].value == pytest.approx(1.0)
     assert by_metric["ROUGE-L"]["copy"].value == pytest.approx(1.0)
@@ -71,3 +84,17 @@ def test_a_perfect_system_beats_an_empty_one():
     # an empty report is labelled "No Finding" (the CheXpert convention), which matches the
     # one normal reference: tp 1, fp 3, fn 4 (effusion, cardiomegaly, oedema, pneumothorax)
     assert by_metric["CheXpert F1 micro"]["empty"].value == pytest.approx(2 / (2 + 3 + 4))
+    assert by_metric["BLEU-4 (R2Gen text)"]["copy"].value == pytest.approx(1.0)
+    assert by_metric["ROUGE-L (R2Gen text)"]["empty"].value < 0.1
+
+
+def test_r2gen_text_preparation():
+    assert sentences("1. The heart is normal.. 2. No effusion, no pneumothorax (stable).") == [
+        "the heart is normal",
+        "no effusion no pneumothorax stable",
+    ]
+    text = R2GenText(["The heart is normal. The lungs are clear."] * 3 + ["A rare word."])
+    assert text.prepare("The heart is normal. A rare word.") == (
+        "the heart is normal . <unk> <unk> <unk> ."
+    )
+    assert len(text.prepare("The heart is normal. " * 40).split()) == 60

@@ -37,6 +37,7 @@ from medxpert.api.state import ApiState
 from medxpert.config import Settings
 from medxpert.errors import MedXpertError
 from medxpert.pipeline import DiagnosisPipeline
+from medxpert.report import writer_options as writer_options_from
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def create_app(
     index_dir: str | Path | None = None,
     captioner: str | None = None,
     writer: str | None = None,
+    writer_options: dict | None = None,
     k: int | None = None,
     settings: Settings | None = None,
     api_key: str | None = None,
@@ -65,6 +67,8 @@ def create_app(
 ) -> FastAPI:
     """The API around `pipeline`, or around one loaded at startup from `model_dir` and
     `index_dir` (default: the MEDXPERT_ENCODER ones under models/ and indexes/).
+    `writer_options` go to the writer (default: the LLM writers' MEDXPERT_LLM_URL and
+    MEDXPERT_LLM_MODEL).
     `api_key` (default: $MEDXPERT_API_KEY) makes every route but /health require it;
     `max_body_bytes` (default: MEDXPERT_MAX_IMAGE_MB) limits request bodies."""
     settings = settings or Settings.from_env()
@@ -81,13 +85,17 @@ def create_app(
         state.model_dir, state.index_dir = model_path, index_path
 
     def load() -> DiagnosisPipeline:
+        name = writer or settings.writer
         return DiagnosisPipeline.from_artifacts(
             model_path,
             index_path,
             captioner=captioner or settings.captioner,
-            writer=writer or settings.writer,
+            writer=name,
             device=settings.device,
             k=k or settings.top_k,
+            writer_options=writer_options_from(name, settings)
+            if writer_options is None
+            else writer_options,
         )
 
     @asynccontextmanager

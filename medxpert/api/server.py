@@ -46,14 +46,21 @@ def serve(
     index_dir: str | Path | None = None,
     captioner: str | None = None,
     writer: str | None = None,
+    writer_options: dict | None = None,
     k: int | None = None,
     allow_no_key: bool = False,
 ) -> None:
-    """Load the pipeline and serve the API until interrupted."""
+    """Load the pipeline and serve the API until interrupted (`writer_options` as in
+    `create_app`)."""
     import uvicorn
 
     check_exposure(host, os.environ.get(API_KEY_VARIABLE), allow_no_key)
     app = create_app(
-        model_dir=model_dir, index_dir=index_dir, captioner=captioner, writer=writer, k=k
+        model_dir=model_dir,
+        index_dir=index_dir,
+        captioner=captioner,
+        writer=writer,
+        writer_options=writer_options,
+        k=k,
     )
     uvicorn.run(app, host=host, port=port)

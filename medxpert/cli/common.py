@@ -53,6 +53,23 @@ def add_fusion_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
+    """--llm-url and --llm-model: the LLM writers' server and model."""
+    parser.add_argument(
+        "--llm-url",
+        default=None,
+        metavar="URL",
+        help="the openai-compatible writer's server, e.g. http://127.0.0.1:11434/v1 (Ollama) "
+        "(default: MEDXPERT_LLM_URL)",
+    )
+    parser.add_argument(
+        "--llm-model",
+        default=None,
+        help="the LLM writer's model: a Gemini model (default gemini-2.5-flash) or the local "
+        "server's (e.g. llama3.1; default: the first it serves) (default: MEDXPERT_LLM_MODEL)",
+    )
+
+
 def add_sample_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--sample",

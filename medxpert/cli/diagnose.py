@@ -9,6 +9,7 @@ from pathlib import Path
 from medxpert.cli.common import (
     add_artifact_arguments,
     add_fusion_argument,
+    add_llm_arguments,
     add_sample_arguments,
     sample_test_images,
     slug,
@@ -50,14 +51,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--writer",
         default=None,
-        help="report writer: offline (default) or gemini (needs GEMINI_API_KEY; sends "
-        "de-identified text only)",
+        help="report writer: offline (default), readout, gemini (needs GEMINI_API_KEY; sends "
+        "de-identified text only) or openai-compatible (a local LLM server: --llm-url)",
     )
-    parser.add_argument("--llm-model", default=None, help="Gemini model (gemini-2.5-flash)")
+    add_llm_arguments(parser)
     parser.add_argument(
         "--send-image",
         action="store_true",
-        help="also send the X-ray itself to the external LLM (off unless you give this flag)",
+        help="also send the X-ray itself to the LLM (off unless you give this flag)",
     )
     parser.add_argument(
         "--json",
@@ -73,8 +74,10 @@ def _run(args: argparse.Namespace) -> None:
     from medxpert.atomic import atomic_write_json, atomic_write_text
     from medxpert.errors import QueryError
     from medxpert.pipeline import DiagnosisPipeline
+    from medxpert.report import writer_options
 
     settings = Settings.from_env()
+    writer = args.writer or settings.writer
     queries: list[tuple[str, dict]] = []
     if args.image or args.text is not None:
         name = " + ".join(path.name for path in args.image) if args.image else args.text
@@ -92,10 +95,12 @@ def _run(args: argparse.Namespace) -> None:
         args.model or settings.models_dir / settings.encoder,
         library_dir(args.index, settings),
         captioner=args.captioner or settings.captioner,
-        writer=args.writer or settings.writer,
+        writer=writer,
         device=settings.device,
         k=args.k or settings.top_k,
-        writer_options=_writer_options(args),
+        writer_options=writer_options(
+            writer, settings, model=args.llm_model, url=args.llm_url, send_image=args.send_image
+        ),
         blip_source=args.blip,
         fusion=args.fusion,
     )
@@ -114,12 +119,3 @@ def _run(args: argparse.Namespace) -> None:
                 markdown, f"# MedXpert report: {name}\n\n" + diagnosis.report.to_markdown()
             )
             print(f"wrote {markdown}")
-
-
-def _writer_options(args: argparse.Namespace) -> dict:
-    options: dict = {}
-    if args.llm_model:
-        options["model"] = args.llm_model
-    if args.send_image:
-        options["send_image"] = True
-    return options

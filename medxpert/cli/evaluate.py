@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medxpert.cli import fusion
+from medxpert.cli import fusion, reports
 from medxpert.cli.common import add_artifact_arguments, add_source_arguments, load_sources
 from medxpert.config import Settings
 
@@ -41,21 +41,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=None, help="output prefix (default: results/retrieval_metrics)"
     )
     retrieval.set_defaults(run=_run_retrieval)
-
-    reports = kinds.add_parser(
-        "reports",
-        help="report quality (BLEU, ROUGE-L, METEOR, CheXpert F1) against a top-1 baseline",
-        description="Diagnose held-out cases and score the reports against their reference "
-        "reports, next to a retrieval-only baseline that copies the top-1 retrieved report: IU "
-        "test reports used as text queries, and the COVID pack's test X-rays.",
-    )
-    add_artifact_arguments(reports)
-    reports.add_argument("--limit", type=int, default=None, help="at most N items per set")
-    reports.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    reports.add_argument(
-        "--out", type=Path, default=None, help="output prefix (default: results/report_metrics)"
-    )
-    reports.set_defaults(run=_run_reports)
 
     context = kinds.add_parser(
         "context",
@@ -96,6 +81,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     blend.set_defaults(run=_run_blend)
 
     fusion.add_eval_command(kinds)
+    reports.add_eval_commands(kinds)
 
 
 def _run_retrieval(args: argparse.Namespace) -> None:
@@ -158,47 +144,6 @@ def _library_image_vectors(name: str, encoder, settings: Settings) -> dict:
     vectors = CaseLibrary.load(library_dir(name, settings), encoder=encoder).image_vectors_by_path()
     print(f"taking {len(vectors)} image vectors from the case library {name}")
     return vectors
-
-
-def _run_reports(args: argparse.Namespace) -> None:
-    from medxpert.cli.index import library_dir
-    from medxpert.data import load_cases
-    from medxpert.eval.reports import evaluate_reports, report_sets
-    from medxpert.eval.results import write_results
-    from medxpert.pipeline import DiagnosisPipeline
-
-    settings = Settings.from_env()
-    pipeline = DiagnosisPipeline.from_artifacts(
-        args.model or settings.models_dir / settings.encoder,
-        library_dir(args.index, settings),
-        device=settings.device,
-    )
-
-    def medxpert(**query) -> str:
-        return pipeline.diagnose(**query).report.plain_text()
-
-    def top1(**query) -> str:
-        return pipeline.engine.search(**query, k=1, target="reports")[0].case.text()
-
-    sets = report_sets(load_cases("iu_xray", "test"), load_cases("covid_cxr", "test"), args.limit)
-    systems = {"top-1 report": top1, "MedXpert (offline writer)": medxpert}
-    rows = [
-        row
-        for task, items in sets.items()
-        for row in evaluate_reports(task, items, systems, n_boot=args.bootstrap)
-    ]
-    paths = write_results(
-        rows,
-        args.out or settings.results_dir / "report_metrics",
-        list(systems),
-        title="Report quality",
-        meta={
-            "model": str(args.model or settings.models_dir / settings.encoder),
-            "bootstrap": args.bootstrap,
-        },
-    )
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def _run_context(args: argparse.Namespace) -> None:

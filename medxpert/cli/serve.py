@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medxpert.cli.common import add_artifact_arguments
+from medxpert.cli.common import add_artifact_arguments, add_llm_arguments
 from medxpert.cli.index import library_dir
 from medxpert.config import Settings
 
@@ -24,9 +24,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--writer",
         default=None,
-        help="report writer: offline (default) or gemini (needs GEMINI_API_KEY; sends "
-        "de-identified text only)",
+        help="report writer: offline (default), readout, gemini (needs GEMINI_API_KEY; sends "
+        "de-identified text only) or openai-compatible (a local LLM server: --llm-url)",
     )
+    add_llm_arguments(parser)
     parser.add_argument("-k", "--k", type=int, default=None, help="cases to retrieve by default")
     parser.add_argument(
         "--no-api-key",
@@ -38,15 +39,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from medxpert.api import serve
+    from medxpert.report import writer_options
 
     settings = Settings.from_env()
+    writer = args.writer or settings.writer
     serve(
         args.host,
         args.port,
         model_dir=args.model,
         index_dir=library_dir(args.index, settings),
         captioner=args.captioner,
-        writer=args.writer,
+        writer=writer,
+        writer_options=writer_options(writer, settings, model=args.llm_model, url=args.llm_url),
         k=args.k,
         allow_no_key=args.no_api_key,
     )

@@ -23,6 +23,22 @@ LICENCE = "CC BY-NC-ND 4.0 (as found; Demner-Fushman et al., JAMIA 2016)"
 )
 def read_iu(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterator[Case]:
     """Read ``reports.csv``; rows with ``image_available=1`` point at their image file."""
+    return _read(root, splits, source="iu_xray", split_column="split")
+
+
+@register_reader(
+    "iu_xray_r2gen",
+    pack="iu_xray",
+    description="IU X-ray in R2Gen's split (column r2gen_split; the studies it covers), for "
+    "report-generation figures comparable with R2Gen's",
+)
+def read_iu_r2gen(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterator[Case]:
+    """The same studies under R2Gen's train / val / test assignment (Chen et al., EMNLP
+    2020); studies R2Gen left out are not read."""
+    return _read(root, splits, source="iu_xray_r2gen", split_column="r2gen_split")
+
+
+def _read(root: Path, splits: frozenset[str], *, source: str, split_column: str) -> Iterator[Case]:
     frame = read_split_table(
         root / "reports.csv",
         [
@@ -36,6 +52,7 @@ def read_iu(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterat
             "image_available",
         ],
         splits,
+        split_column,
     )
     missing: list[str] = []
     for row in frame.itertuples(index=False):
@@ -50,7 +67,7 @@ def read_iu(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterat
         }
         yield Case(
             case_id=f"iu_xray:{row.image_id}",
-            source="iu_xray",
+            source=source,
             split=row.split,
             study_id=f"iu_xray:{row.study_id}",
             patient_id=f"iu_xray:{row.study_id}",  # IU gives no patient id; one study per patient
@@ -65,4 +82,4 @@ def read_iu(root: Path, splits: frozenset[str], *, settings: Settings) -> Iterat
             licence=LICENCE,
             meta={"mesh": row.mesh, "indication": sections["indication"]},
         )
-    warn_missing("iu_xray", missing, root)
+    warn_missing(source, missing, root)

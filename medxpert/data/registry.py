@@ -144,13 +144,17 @@ def hashed_split(key: str, val_fraction: float = 0.1, test_fraction: float = 0.1
     return "train"
 
 
-def read_split_table(path: Path, columns: Iterable[str], splits: frozenset[str]) -> pd.DataFrame:
-    """A pack's CSV as strings (blank cells ""), checked for `columns`, rows of `splits` only."""
+def read_split_table(
+    path: Path, columns: Iterable[str], splits: frozenset[str], split_column: str = "split"
+) -> pd.DataFrame:
+    """A pack's CSV as strings (blank cells ""), checked for `columns`, rows whose
+    `split_column` is one of `splits` only, that column copied to ``split``."""
     if not path.is_file():
         raise DataNotFoundError(f"{path} is missing; is {path.parent} a complete data pack?")
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    require_columns(frame.columns, [*columns, "split"], str(path))
-    return frame[frame["split"].isin(splits)]
+    require_columns(frame.columns, [*columns, split_column], str(path))
+    frame = frame[frame[split_column].isin(splits)]
+    return frame.assign(split=frame[split_column])
 
 
 def require_columns(frame_columns: Iterable[str], needed: Iterable[str], where: str) -> None:

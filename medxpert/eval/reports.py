@@ -18,11 +18,11 @@ import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from medxpert.data import Case
 from medxpert.eval.bootstrap import Estimate, bootstrap_mean
 from medxpert.eval.retrieval import Row
 from medxpert.labels import default_labeler
@@ -30,20 +30,21 @@ from medxpert.labels import default_labeler
 logger = logging.getLogger(__name__)
 
 MIN_MACRO_POSITIVES = 5
+REPORT_SECTIONS = ("findings", "impression")  # a reference report, in a report's order
 TOKEN = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True)
 class ReportItem:
-    """One held-out case: how to query for it, and its reference report."""
+    """One held-out study: how to query for it, and its reference report."""
 
     name: str
-    query: Mapping[str, object]  # keyword arguments of the system's generate function
+    query: Mapping[str, object]  # keyword arguments of `DiagnosisPipeline.evidence`
     reference: str
 
 
-# A system: query keyword arguments → the text of its report.
-Generate = Callable[..., str]
+# A system: the evidence of one query (whatever `evidence` returns) → the text of its report.
+System = Callable[[Any], str]
 
 
 def tokens(text: str) -> list[str]:
@@ -123,30 +124,37 @@ def label_f1(
 def evaluate_reports(
     task: str,
     items: Sequence[ReportItem],
-    systems: Mapping[str, Generate],
+    systems: Mapping[str, System],
+    evidence: Callable[..., Any],
     *,
     n_boot: int = 1000,
     seed: int = 0,
+    extra: Callable[[Sequence[str], Sequence[str]], dict[str, float]] | None = None,
 ) -> list[Row]:
-    """Every metric for every system on `items`."""
+    """Every metric for every system on `items`; each item's evidence (`evidence(**query)`)
+    is gathered once and given to every system. `extra(generated, references)` adds point
+    figures (e.g. `R2GenText.scores`)."""
     labeler = default_labeler()
     references = [item.reference for item in items]
+    generated: dict[str, list[str]] = {name: [] for name in systems}
+    for item in tqdm(items, desc=task, unit="report", leave=False):
+        context = evidence(**item.query)
+        for name, system in systems.items():
+            generated[name].append(system(context))
     reference_labels = labeler.label_many(references)
     per_system: dict[str, dict[str, Estimate]] = {}
-    for name, generate in systems.items():
-        generated = [
-            generate(**item.query)
-            for item in tqdm(items, desc=f"{name}: {task}", unit="report", leave=False)
-        ]
+    for name, texts in generated.items():
         figures = {
             metric: Estimate(value, value, value, len(items))
-            for metric, value in bleu(generated, references).items()
+            for metric, value in bleu(texts, references).items()
         }
-        figures["ROUGE-L"] = bootstrap_mean(rouge_l(generated, references), n_boot, seed)
-        score = meteor(generated, references)
+        score = meteor(texts, references)
         if score is not None:
             figures["METEOR"] = Estimate(score, score, score, len(items))
-        figures.update(label_f1(labeler.label_many(generated), reference_labels, n_boot, seed))
+        figures["ROUGE-L"] = bootstrap_mean(rouge_l(texts, references), n_boot, seed)
+        figures.update(label_f1(labeler.label_many(texts), reference_labels, n_boot, seed))
+        for metric, value in (extra(texts, references) if extra else {}).items():
+            figures[metric] = Estimate(value, value, value, len(items))
         per_system[name] = figures
         logger.info("%s / %s: %s", task, name, {k: round(v.value, 3) for k, v in figures.items()})
     metrics = list(next(iter(per_system.values())))
@@ -154,20 +162,3 @@ def evaluate_reports(
         Row(task, metric, {name: figures[metric] for name, figures in per_system.items()})
         for metric in metrics
     ]
-
-
-def report_sets(
-    iu_test: Sequence[Case], covid_test: Sequence[Case], limit: int | None = None
-) -> dict[str, list[ReportItem]]:
-    """The two held-out sets: IU test reports as text queries (one per study) and the COVID
-    pack's test X-rays, each with its own report as the reference; at most `limit` each."""
-    iu = list({c.study_id: c for c in iu_test if c.text()}.values())[:limit]
-    covid = [c for c in covid_test if c.has_image and c.text()][:limit]
-    return {
-        f"IU test reports as text queries (n={len(iu)})": [
-            ReportItem(c.case_id, {"text": c.text()}, c.text()) for c in iu
-        ],
-        f"COVID test X-rays (n={len(covid)})": [
-            ReportItem(c.case_id, {"image": c.image_path}, c.text()) for c in covid
-        ],
-    }

@@ -52,7 +52,12 @@ K_VALUES = (1, 5, 10)
 BALANCED_CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 KNN_K = 25
 MIN_AUC_POSITIVES = 10
-SOURCE_NAMES = {"iu_xray": "IU X-ray", "nih_cxr14": "NIH", "covid_cxr": "COVID"}
+SOURCE_NAMES = {
+    "iu_xray": "IU X-ray",
+    "iu_xray_r2gen": "IU X-ray (R2Gen split)",
+    "nih_cxr14": "NIH",
+    "covid_cxr": "COVID",
+}
 
 # An embedding function: (images or texts) → (n, d) L2-normalised vectors.
 Embed = Callable[[Sequence[str]], np.ndarray]

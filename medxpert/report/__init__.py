@@ -3,7 +3,9 @@
 from medxpert.report.context import ReportContext
 from medxpert.report.gemini import GeminiWriter
 from medxpert.report.offline import OfflineWriter
-from medxpert.report.registry import WRITERS, make_writer
+from medxpert.report.openai_compatible import OpenAICompatibleWriter
+from medxpert.report.readout import ReadoutWriter
+from medxpert.report.registry import WRITERS, make_writer, writer_options
 from medxpert.report.schema import DISCLAIMER, StructuredReport
 
 __all__ = [
@@ -11,7 +13,10 @@ __all__ = [
     "WRITERS",
     "GeminiWriter",
     "OfflineWriter",
+    "OpenAICompatibleWriter",
+    "ReadoutWriter",
     "ReportContext",
     "StructuredReport",
     "make_writer",
+    "writer_options",
 ]

@@ -1,14 +1,25 @@
-"""Everything a report writer may use: the query, the retrieved cases and their read-outs."""
+"""Everything a report writer may use: the query, the retrieved cases and their read-outs.
+
+What the evidence supports is decided here, once, for every writer and for the faithfulness
+check: a finding is *stated* when its vote reaches the finding's threshold (chosen on val,
+`report.thresholds`) and at least one retrieved study is positive for it; it is *possible*
+(worded as a possibility, never as a fact) when it has a positive study and a vote of at least
+`POSSIBLE_FRACTION` of its threshold (and `POSSIBLE_MIN`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from medxpert.caption import Caption
 from medxpert.labels.clinical import ICD10Suggestion, Triage, icd10_suggestions, triage
+from medxpert.report.thresholds import default_thresholds
 from medxpert.retrieval import Hit
 from medxpert.retrieval.probabilities import LabelVote, blend, label_probabilities
+
+POSSIBLE_FRACTION = 0.9
+POSSIBLE_MIN = 0.3
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,24 @@ class ReportContext:
     note: str | None = None
     has_image: bool = False
     image_png: bytes | None = None  # the query image, only for a writer the user let send it
+    thresholds: Mapping[str, float] = field(default_factory=default_thresholds)
+    phrasing: Mapping[str, int] = field(default_factory=dict)  # sentence → count in the library
+
+    def stated(self, label: str) -> bool:
+        """The evidence supports `label` as a fact."""
+        return (
+            bool(self.vote.evidence[label])
+            and self.vote.probabilities[label] >= (self.thresholds[label])
+        )
+
+    def possible(self, label: str) -> bool:
+        """The evidence supports `label` only as a possibility (minority support)."""
+        p = self.vote.probabilities[label]
+        return (
+            not self.stated(label)
+            and bool(self.vote.evidence[label])
+            and p >= max(POSSIBLE_FRACTION * self.thresholds[label], POSSIBLE_MIN)
+        )
 
     @classmethod
     def from_hits(
@@ -31,7 +60,8 @@ class ReportContext:
     ) -> ReportContext:
         """The vote of `hits` (blended at `zero_shot_weight` with the caption's zero-shot
         probabilities, when the caption has them), its ICD-10 suggestions and triage; `query`
-        fills the rest (caption, query_text, note, has_image, image_png)."""
+        fills the rest (caption, query_text, note, has_image, image_png, thresholds,
+        phrasing)."""
         vote = label_probabilities(hits)
         caption = query.get("caption")
         if isinstance(caption, Caption) and caption.probabilities:

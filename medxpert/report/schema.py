@@ -11,7 +11,8 @@ DISCLAIMER = (
 
 
 class Statement(BaseModel):
-    """One sentence of the findings, with the retrieved cases that support it."""
+    """One sentence of the findings or the impression, with the retrieved studies that support
+    it (the case id standing for each study; the study it was taken from first)."""
 
     text: str
     cited_case_ids: list[str] = Field(default_factory=list)
@@ -54,7 +55,7 @@ class StructuredReport(BaseModel):
     """Findings, impression, differential, ICD-10 suggestions, triage, caption and citations."""
 
     findings: list[Statement]
-    impression: str
+    impression: list[Statement]
     differential: list[DifferentialItem]
     icd10: list[ICD10Item]
     triage: TriageItem
@@ -66,21 +67,32 @@ class StructuredReport(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     disclaimer: str = DISCLAIMER
 
+    @property
+    def statements(self) -> list[Statement]:
+        """Every sentence: the findings, then the impression."""
+        return [*self.findings, *self.impression]
+
+    @property
+    def findings_text(self) -> str:
+        return " ".join(s.text for s in self.findings)
+
+    @property
+    def impression_text(self) -> str:
+        return " ".join(s.text for s in self.impression)
+
     def plain_text(self) -> str:
-        """The impression and the findings as prose (for text metrics such as BLEU)."""
-        return " ".join([self.impression, *(s.text for s in self.findings)])
+        """The findings and the impression as prose, in a report's order (for text metrics
+        such as BLEU)."""
+        return " ".join(s.text for s in self.statements)
 
     def to_markdown(self) -> str:
         """The report as Markdown, each finding followed by its citations."""
         lines = [f"**Triage: {self.triage.level.upper()}** ({self.triage.reason})", ""]
         if self.caption:
             lines += [f"*Caption:* {self.caption}", ""]
-        lines += ["### Findings", ""]
-        lines += [
-            f"- {s.text}" + (f" [{', '.join(s.cited_case_ids)}]" if s.cited_case_ids else "")
-            for s in self.findings
-        ]
-        lines += ["", "### Impression", "", self.impression, "", "### Differential", ""]
+        lines += ["### Findings", ""] + [_cited(s) for s in self.findings]
+        lines += ["", "### Impression", ""] + [_cited(s) for s in self.impression]
+        lines += ["", "### Differential", ""]
         lines += [
             f"- {d.condition}: {d.probability:.2f} ({len(d.supporting_case_ids)} supporting cases)"
             for d in self.differential
@@ -101,3 +113,8 @@ class StructuredReport(BaseModel):
         writer = self.writer + (f" ({self.model})" if self.model else "")
         lines += ["", f"*Written by the {writer} writer. {self.disclaimer}*"]
         return "\n".join(lines) + "\n"
+
+
+def _cited(statement: Statement) -> str:
+    cited = statement.cited_case_ids
+    return f"- {statement.text}" + (f" [{', '.join(cited)}]" if cited else "")

@@ -42,19 +42,25 @@ class LabelVote:
     zero_shot_weight: float = 0.0  # w of the zero-shot blend (0: the vote alone)
 
 
+def hit_weights(hits: Sequence[Hit], temperature: float = TEMPERATURE) -> np.ndarray:
+    """Each hit's share of the vote: a softmax of its cosine at `temperature` within its
+    modality, the modalities weighted equally (the weights sum to 1; empty for no hits)."""
+    weights = np.zeros(len(hits), dtype=np.float64)
+    modalities = sorted({hit.modality for hit in hits})
+    for modality in modalities:
+        rows = [i for i, hit in enumerate(hits) if hit.modality == modality]
+        scores = np.array([hits[i].cosine for i in rows], dtype=np.float64) / temperature
+        share = np.exp(scores - scores.max())
+        weights[rows] = share / share.sum() / len(modalities)
+    return weights
+
+
 def label_probabilities(hits: Sequence[Hit], temperature: float = TEMPERATURE) -> LabelVote:
     """The similarity-weighted vote of the hits' labels (all zeros when there are no hits)."""
-    per_modality = []
-    for modality in sorted({hit.modality for hit in hits}):
-        group = [hit for hit in hits if hit.modality == modality]
-        scores = np.array([hit.cosine for hit in group], dtype=np.float64) / temperature
-        weights = np.exp(scores - scores.max())
-        weights /= weights.sum()
-        votes = np.array(
-            [[VOTE.get(float(v), 0.0) for v in hit.case.labels] for hit in group], dtype=np.float64
-        )
-        per_modality.append(weights @ votes)
-    mean = np.mean(per_modality, axis=0) if per_modality else np.zeros(len(CHEXPERT_LABELS))
+    votes = np.array(
+        [[VOTE.get(float(v), 0.0) for v in hit.case.labels] for hit in hits], dtype=np.float64
+    ).reshape(len(hits), len(CHEXPERT_LABELS))
+    mean = hit_weights(hits, temperature) @ votes
     probabilities = {
         label: round(float(p), 4) for label, p in zip(CHEXPERT_LABELS, mean, strict=True)
     }
