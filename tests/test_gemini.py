@@ -234,6 +234,9 @@ def test_deidentify():
         assert identifier not in clean, identifier
     assert "38.5 C" in clean and "2 cm nodule" in clean
     assert deidentify("") == "" and deidentify(None) == ""
+    # words that begin like an identifier's label are not identifiers
+    kept = "No acute abnormality identified. The record shows an idiopathic change."
+    assert deidentify(kept) == kept
 
 
 def test_writer_registry():

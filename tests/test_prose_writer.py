@@ -229,3 +229,12 @@ def test_thresholds_are_chosen_per_finding_for_the_best_validation_f1(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable"):
         read_thresholds(tmp_path, "fp-1")
+
+
+def test_sentences_that_name_a_person_or_a_date_are_never_reused():
+    findings = "Findings discussed with Dr. Smith on 03/14/2024. The lungs are clear."
+    hits = [study(f"s{i}", 0.9, findings, {"No Finding": 1}) for i in range(3)]
+    report, context = write(hits)
+    assert report.findings_text == "The lungs are clear."
+    assert "Smith" not in report.plain_text() and "2024" not in report.plain_text()
+    assert_grounded(report, context)

@@ -44,8 +44,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     (
         "id",
         re.compile(
-            r"\b(?:MRN|MR#|medical record(?: number)?|record|accession|patient id|id|ssn)"
-            r"\s*(?:no\.?|number|#)?\s*[:#]?\s*[A-Z0-9-]{4,}\b",
+            r"\b(?:MRN|MR#|medical record(?: number)?|record|accession|patient id|id|ssn)\b"
+            r"\s*(?:no\.?|number|#)?\s*[:#]?\s*(?=[A-Z-]*\d)[A-Z0-9-]{4,}\b",
             re.IGNORECASE,
         ),
     ),

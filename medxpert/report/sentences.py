@@ -1,6 +1,7 @@
 """Sentences of prior reports, ready to be reused in a new one.
 
-A report is split into sentences; list numbering ("1.", "2.") is dropped; the `XXXX` tokens of
+A report is split into sentences; list numbering ("1.", "2.") is dropped, and so is a sentence
+that names a person or a date (`report.deid`); the `XXXX` tokens of
 IU X-ray's de-identification are rephrased where the context says what was removed
 ("x-XXXX" → "x-ray", "pulmonary XXXX" → "pulmonary vasculature") and the sentence is dropped
 where it does not. Each sentence is labelled by the report labeler (CheXpert-14 at the level
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medxpert.labels import CHEXPERT_LABELS, ReportLabeler, default_labeler
+from medxpert.report.deid import deidentify
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,10 @@ _REGION_PATTERN = re.compile(
     "|".join(f"(?P<r{i}>\\b(?:{words})\\b)" for i, words in enumerate(_REGION_WORDS.values())),
     re.IGNORECASE,
 )
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n+\s*")
+_ABBREVIATIONS = ("Dr", "Mr", "Ms", "Mrs", "vs", "approx", "e.g", "i.e", "St")
+_SENTENCE_END = re.compile(
+    "".join(rf"(?<!\b{re.escape(a)}\.)" for a in _ABBREVIATIONS) + r"(?<=[.!?])\s+|\s*\n+\s*"
+)
 _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*")
 _DEID = re.compile(r"XXXX", re.IGNORECASE)
 # What a de-identification token stood for, where its neighbours say so.
@@ -159,8 +164,12 @@ class SentenceBank:
         self._label([text for text in dict.fromkeys(texts) if text not in self._sentences])
 
     def _label(self, texts: Sequence[str]) -> None:
-        pieces = {
-            text: [s for s in map(repair_deidentified, split_sentences(text)) if s]
+        pieces = {  # a sentence with an identifier (a name, a date) is not reused
+            text: [
+                s
+                for s in map(repair_deidentified, split_sentences(text))
+                if s and deidentify(s) == s
+            ]
             for text in texts
         }
         unique = list(dict.fromkeys(s for sentences in pieces.values() for s in sentences))
