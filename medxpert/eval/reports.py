@@ -91,6 +91,18 @@ def meteor(generated: Sequence[str], references: Sequence[str]) -> float | None:
     return float(score)
 
 
+def micro_macro_f1(
+    generated: np.ndarray, reference: np.ndarray, macro_labels: np.ndarray
+) -> tuple[float, float]:
+    """Micro F1 over every (report, label) pair and macro F1 over `macro_labels`, of boolean
+    (n, 14) positives."""
+    g, r = generated, reference
+    tp, fp, fn = (g & r).sum(0), (g & ~r).sum(0), (~g & r).sum(0)
+    micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
+    per_label = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    return float(micro), float(per_label[macro_labels].mean()) if len(macro_labels) else 0.0
+
+
 def label_f1(
     generated: np.ndarray, reference: np.ndarray, n_boot: int, seed: int
 ) -> dict[str, Estimate]:
@@ -99,11 +111,7 @@ def label_f1(
     macro_labels = np.flatnonzero(ref.sum(axis=0) >= MIN_MACRO_POSITIVES)
 
     def scores(rows: np.ndarray) -> tuple[float, float]:
-        g, r = gen[rows], ref[rows]
-        tp, fp, fn = (g & r).sum(0), (g & ~r).sum(0), (~g & r).sum(0)
-        micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
-        per_label = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-        return float(micro), float(per_label[macro_labels].mean()) if len(macro_labels) else 0.0
+        return micro_macro_f1(gen[rows], ref[rows], macro_labels)
 
     rng = np.random.default_rng(seed)
     everything = np.arange(len(gen))

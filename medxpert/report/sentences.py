@@ -1,7 +1,8 @@
 """Sentences of prior reports, ready to be reused in a new one.
 
 A report is split into sentences; list numbering ("1.", "2.") is dropped, and so is a sentence
-that names a person or a date (`report.deid`); the `XXXX` tokens of
+that names a person or a date (`report.deid`) or compares with an earlier film ("improving
+edema"; a leading "Stable" is dropped instead); the `XXXX` tokens of
 IU X-ray's de-identification are rephrased where the context says what was removed
 ("x-XXXX" → "x-ray", "pulmonary XXXX" → "pulmonary vasculature") and the sentence is dropped
 where it does not. Each sentence is labelled by the report labeler (CheXpert-14 at the level
@@ -49,6 +50,17 @@ _SENTENCE_END = re.compile(
 )
 _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*")
 _DEID = re.compile(r"XXXX", re.IGNORECASE)
+# A new study has no prior to compare with: "stable" / "unchanged" before a finding is dropped,
+# and a sentence that still compares with an earlier film is not reused.
+_STABLE = re.compile(
+    r"^(?:stable|unchanged)\s+(?!appearance|from|since|in\b|when|compared)(?=\w)", re.I
+)
+_COMPARISON = re.compile(
+    r"\b(?:improv\w*|worsen\w*|unchanged|stable|stability|again|interval\w*|prior|previous\w*"
+    r"|compar\w*|redemonstrat\w*|persist\w*|resolv\w*|resolution|increas\w*|decreas\w*|new|since"
+    r"|progress\w*|recurren\w*|remain\w*)\b",
+    re.IGNORECASE,
+)
 # What a de-identification token stood for, where its neighbours say so.
 _DEID_REPAIRS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern, re.IGNORECASE), replacement)
@@ -105,6 +117,15 @@ def split_sentences(text: str) -> list[str]:
     """The sentences of `text`, list numbering removed, empty pieces dropped."""
     pieces = (_NUMBERING.sub("", piece).strip() for piece in _SENTENCE_END.split(text or ""))
     return [piece for piece in pieces if re.search(r"[A-Za-z]{2}", piece)]
+
+
+def without_comparison(sentence: str) -> str | None:
+    """`sentence` without a leading "Stable" / "Unchanged", or None when it compares with an
+    earlier study ("improving edema", "unchanged from prior")."""
+    sentence = _STABLE.sub("", sentence)
+    if _COMPARISON.search(sentence):
+        return None
+    return sentence[0].upper() + sentence[1:]
 
 
 def repair_deidentified(sentence: str) -> str | None:
@@ -164,14 +185,7 @@ class SentenceBank:
         self._label([text for text in dict.fromkeys(texts) if text not in self._sentences])
 
     def _label(self, texts: Sequence[str]) -> None:
-        pieces = {  # a sentence with an identifier (a name, a date) is not reused
-            text: [
-                s
-                for s in map(repair_deidentified, split_sentences(text))
-                if s and deidentify(s) == s
-            ]
-            for text in texts
-        }
+        pieces = {text: _reusable(text) for text in texts}
         unique = list(dict.fromkeys(s for sentences in pieces.values() for s in sentences))
         labeler = self._labeler or default_labeler()
         labels = dict(zip(unique, labeler.label_many(unique), strict=True)) if unique else {}
@@ -189,6 +203,18 @@ class SentenceBank:
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         return np.stack([self._vectors[text] for text in texts])
+
+
+def _reusable(text: str) -> list[str]:
+    """The sentences of `text` that can be said of a new study: `XXXX` rephrased, no
+    comparison with an earlier film, no identifier (a name, a date)."""
+    found = []
+    for sentence in split_sentences(text):
+        sentence = repair_deidentified(sentence)
+        sentence = sentence and without_comparison(sentence)
+        if sentence and deidentify(sentence) == sentence:
+            found.append(sentence)
+    return found
 
 
 @functools.cache
