@@ -257,3 +257,14 @@ def test_a_threshold_that_states_a_rare_finding_in_normal_studies_is_raised():
     assert low > high
     choice = next(c for c in choose_thresholds(votes, reference) if c.label == "Lung Lesion")
     assert 0.25 < choice.threshold <= 0.8 and choice.f1 == pytest.approx(high)
+
+
+def test_sentences_that_compare_with_an_earlier_film_are_not_reused():
+    findings = (
+        "Stable cardiomegaly. There is improvement in bilateral pulmonary edema. "
+        "Unchanged from prior. No new focal consolidation. Stable appearance of the chest."
+    )
+    hits = [study(f"c{i}", 0.9, findings, {"Cardiomegaly": 1}) for i in range(3)]
+    report, context = write(hits)
+    assert report.findings_text == "Cardiomegaly."
+    assert_grounded(report, context)
