@@ -12,6 +12,7 @@ from PIL import Image
 
 from medxpert.data import Case
 from medxpert.labels import label_vector
+from medxpert.retrieval import Hit
 
 
 def gradient(
@@ -412,3 +413,19 @@ def tiny_workspace(root: Path, shared: dict[str, Path]) -> dict[str, str]:
     library = CaseLibrary.from_embeddings(encoder, cases, embed_cases(encoder, cases))
     library.save(settings.indexes_dir / "medxpert-default")
     return environment
+
+
+def report_hit(
+    case_id: str, score: float, findings: str, labels: dict, *, rank: int = 1, impression: str = ""
+) -> Hit:
+    """A retrieved IU study matched by its report: `findings`, `impression`, CheXpert `labels`."""
+    case = Case(
+        case_id=case_id,
+        source="iu_xray",
+        split="train",
+        study_id=case_id,
+        findings=findings,
+        impression=impression,
+        labels=label_vector(labels),
+    )
+    return Hit(case, score, rank, "report")

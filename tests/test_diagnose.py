@@ -10,29 +10,16 @@ import pytest
 
 from medxpert.caption import LabelCaptioner
 from medxpert.caption.labels import describe
-from medxpert.data import Case
 from medxpert.errors import IndexNotFoundError, InvalidImageError, QueryError
 from medxpert.index import CaseLibrary
-from medxpert.labels import LABEL_INDEX, label_vector
+from medxpert.labels import LABEL_INDEX
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report import OfflineWriter, ReadoutWriter, ReportContext, StructuredReport
 from medxpert.retrieval import Hit, SearchEngine
-from tests.builders import gradient, library_cases, png_bytes, tiny_encoder
+from tests.builders import gradient, library_cases, png_bytes, report_hit, tiny_encoder
 
 EFFUSION = "Heart size is normal. Large left pleural effusion. No pneumothorax."
 NORMAL = "The lungs are clear. No pleural effusion. No pneumothorax."
-
-
-def report_hit(case_id: str, score: float, text: str, labels: dict, rank: int) -> Hit:
-    case = Case(
-        case_id=case_id,
-        source="iu_xray",
-        split="train",
-        study_id=case_id,
-        findings=text,
-        labels=label_vector(labels),
-    )
-    return Hit(case, score, rank, "report")
 
 
 def context_of(hits: list[Hit]) -> ReportContext:
@@ -41,9 +28,9 @@ def context_of(hits: list[Hit]) -> ReportContext:
 
 def test_readout_report_states_only_supported_findings_and_cites_them():
     hits = [
-        report_hit("a", 0.90, EFFUSION, {"Pleural Effusion": 1, "Pneumothorax": 0}, 1),
-        report_hit("b", 0.89, EFFUSION, {"Pleural Effusion": 1}, 2),
-        report_hit("c", 0.80, NORMAL, {"No Finding": 1, "Pleural Effusion": 0}, 3),
+        report_hit("a", 0.90, EFFUSION, {"Pleural Effusion": 1, "Pneumothorax": 0}, rank=1),
+        report_hit("b", 0.89, EFFUSION, {"Pleural Effusion": 1}, rank=2),
+        report_hit("c", 0.80, NORMAL, {"No Finding": 1, "Pleural Effusion": 0}, rank=3),
     ]
     report = ReadoutWriter().write(context_of(hits))
     assert len(report.findings) == 1
@@ -64,16 +51,16 @@ def test_readout_report_states_only_supported_findings_and_cites_them():
 
 def test_readout_report_of_normal_and_of_disagreeing_cases():
     normal = [
-        report_hit(f"n{i}", 0.9 - i / 100, NORMAL, {"No Finding": 1}, i + 1) for i in range(3)
+        report_hit(f"n{i}", 0.9 - i / 100, NORMAL, {"No Finding": 1}, rank=i + 1) for i in range(3)
     ]
     report = ReadoutWriter().write(context_of(normal))
     assert report.findings[0].text.startswith("No acute cardiopulmonary abnormality")
     assert report.findings[0].cited_case_ids == ["n0", "n1", "n2"]
     assert report.triage.level == "routine" and report.icd10 == []
     mixed = [
-        report_hit("x", 0.9, EFFUSION, {"Pleural Effusion": 1}, 1),
-        report_hit("y", 0.9, "Cardiomegaly.", {"Cardiomegaly": 1}, 2),
-        report_hit("z", 0.9, "Small pneumothorax.", {"Pneumothorax": 1}, 3),
+        report_hit("x", 0.9, EFFUSION, {"Pleural Effusion": 1}, rank=1),
+        report_hit("y", 0.9, "Cardiomegaly.", {"Cardiomegaly": 1}, rank=2),
+        report_hit("z", 0.9, "Small pneumothorax.", {"Pneumothorax": 1}, rank=3),
     ]
     report = ReadoutWriter().write(context_of(mixed))
     assert report.impression_text.startswith("Indeterminate")
@@ -195,8 +182,8 @@ def test_hits_and_citations_name_studies_with_their_evidence(pipeline):
             (e.modality, e.case_id, e.rank) for e in hit.evidence
         ]
     hits = [
-        report_hit("a", 0.90, EFFUSION, {"Pleural Effusion": 1}, 1),
-        report_hit("b", 0.89, EFFUSION, {"Pleural Effusion": 1}, 2),
+        report_hit("a", 0.90, EFFUSION, {"Pleural Effusion": 1}, rank=1),
+        report_hit("b", 0.89, EFFUSION, {"Pleural Effusion": 1}, rank=2),
     ]
     report = OfflineWriter().write(context_of(hits))
     cited = report.cited_cases[0]

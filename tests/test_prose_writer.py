@@ -8,9 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from medxpert.data import Case
 from medxpert.errors import ConfigError
-from medxpert.labels import CHEXPERT_LABELS, LABEL_INDEX, default_labeler, label_vector
+from medxpert.labels import CHEXPERT_LABELS, LABEL_INDEX, default_labeler
 from medxpert.report import OfflineWriter, ReportContext, StructuredReport
 from medxpert.report.faithfulness import enforce
 from medxpert.report.schema import Statement
@@ -24,22 +23,11 @@ from medxpert.report.thresholds import (
     write_thresholds,
 )
 from medxpert.retrieval import Hit
+from tests.builders import report_hit
 
 EFFUSION = "Heart size is normal. Large left pleural effusion. No pneumothorax."
 NORMAL = "The lungs are clear. No pleural effusion. No pneumothorax."
-
-
-def study(case_id: str, score: float, findings: str, labels: dict, impression: str = "") -> Hit:
-    case = Case(
-        case_id=case_id,
-        source="iu_xray",
-        split="train",
-        study_id=case_id,
-        findings=findings,
-        impression=impression,
-        labels=label_vector(labels),
-    )
-    return Hit(case, score, 1, "report")
+NORMAL_IMPRESSION = "No acute cardiopulmonary abnormality."
 
 
 def write(hits: list[Hit], **thresholds: float) -> tuple[StructuredReport, ReportContext]:
@@ -70,9 +58,9 @@ def assert_grounded(report: StructuredReport, context: ReportContext) -> None:
 
 def test_a_prose_report_of_sentences_from_the_retrieved_studies_in_report_order():
     hits = [
-        study("a", 0.90, EFFUSION, {"Pleural Effusion": 1, "Pneumothorax": 0}),
-        study("b", 0.89, EFFUSION, {"Pleural Effusion": 1}),
-        study("c", 0.80, NORMAL, {"No Finding": 1, "Pleural Effusion": 0}),
+        report_hit("a", 0.90, EFFUSION, {"Pleural Effusion": 1, "Pneumothorax": 0}),
+        report_hit("b", 0.89, EFFUSION, {"Pleural Effusion": 1}),
+        report_hit("c", 0.80, NORMAL, {"No Finding": 1, "Pleural Effusion": 0}),
     ]
     report, context = write(hits)
     assert [s.text for s in report.findings] == [
@@ -95,26 +83,34 @@ def test_a_prose_report_of_sentences_from_the_retrieved_studies_in_report_order(
 
 def test_a_finding_that_no_cited_study_supports_is_never_stated():
     hits = [
-        study(f"n{i}", 0.9, NORMAL, {"No Finding": 1}, "No acute cardiopulmonary abnormality.")
+        report_hit(
+            f"n{i}",
+            0.9,
+            NORMAL,
+            {"No Finding": 1},
+            impression="No acute cardiopulmonary abnormality.",
+        )
         for i in range(3)
-    ] + [study("p", 0.8, "Small right pneumothorax.", {"Pneumothorax": 1})]
+    ] + [report_hit("p", 0.8, "Small right pneumothorax.", {"Pneumothorax": 1})]
     report, context = write(hits)
     text = report.plain_text()
     assert "Small right pneumothorax" not in text and not read_positives(text)
-    assert report.impression_text == "No acute cardiopulmonary abnormality."
+    assert report.impression_text == NORMAL_IMPRESSION
     assert_grounded(report, context)
     # the same sentence, supported by most studies, is stated and cites them
-    hits = [study(f"p{i}", 0.9, "Small right pneumothorax.", {"Pneumothorax": 1}) for i in range(3)]
-    report, context = write([*hits, study("n", 0.8, NORMAL, {"No Finding": 1})])
+    hits = [
+        report_hit(f"p{i}", 0.9, "Small right pneumothorax.", {"Pneumothorax": 1}) for i in range(3)
+    ]
+    report, context = write([*hits, report_hit("n", 0.8, NORMAL, {"No Finding": 1})])
     assert "Small right pneumothorax." in report.findings_text
     assert_grounded(report, context)
 
 
 def test_minority_support_is_worded_as_a_possibility_never_as_a_fact():
     hits = [
-        study("a", 0.9, "Large left pleural effusion.", {"Pleural Effusion": 1}),
-        study("b", 0.9, "Possible small left effusion.", {"Pleural Effusion": 1}),
-        study("c", 0.9, NORMAL, {"No Finding": 1}),
+        report_hit("a", 0.9, "Large left pleural effusion.", {"Pleural Effusion": 1}),
+        report_hit("b", 0.9, "Possible small left effusion.", {"Pleural Effusion": 1}),
+        report_hit("c", 0.9, NORMAL, {"No Finding": 1}),
     ]
     report, context = write(hits, **{"Pleural Effusion": 0.7})  # vote 0.67: possible, not stated
     assert context.possible("Pleural Effusion") and not context.stated("Pleural Effusion")
@@ -129,12 +125,12 @@ def test_minority_support_is_worded_as_a_possibility_never_as_a_fact():
 
 def test_deidentification_tokens_are_rephrased_or_the_sentence_dropped():
     hits = [
-        study(
+        report_hit(
             f"x{i}",
             0.9,
             "The XXXX are normal. The lungs are clear. There are no XXXX of a pleural effusion.",
             {"No Finding": 1},
-            "Normal chest x-XXXX.",
+            impression="Normal chest x-XXXX.",
         )
         for i in range(2)
     ]
@@ -148,9 +144,9 @@ def test_deidentification_tokens_are_rephrased_or_the_sentence_dropped():
 
 def test_the_faithfulness_check_removes_what_the_evidence_does_not_support():
     hits = [
-        study("a", 0.9, EFFUSION, {"Pleural Effusion": 1}),
-        study("b", 0.9, EFFUSION, {"Pleural Effusion": 1}),
-        study("c", 0.8, NORMAL, {"No Finding": 1}),
+        report_hit("a", 0.9, EFFUSION, {"Pleural Effusion": 1}),
+        report_hit("b", 0.9, EFFUSION, {"Pleural Effusion": 1}),
+        report_hit("c", 0.8, NORMAL, {"No Finding": 1}),
     ]
     report, context = write(hits)
     claims = [
@@ -233,7 +229,7 @@ def test_thresholds_are_chosen_per_finding_for_the_best_validation_f1(tmp_path):
 
 def test_sentences_that_name_a_person_or_a_date_are_never_reused():
     findings = "Findings discussed with Dr. Smith on 03/14/2024. The lungs are clear."
-    hits = [study(f"s{i}", 0.9, findings, {"No Finding": 1}) for i in range(3)]
+    hits = [report_hit(f"s{i}", 0.9, findings, {"No Finding": 1}) for i in range(3)]
     report, context = write(hits)
     assert report.findings_text == "The lungs are clear."
     assert "Smith" not in report.plain_text() and "2024" not in report.plain_text()
@@ -264,7 +260,7 @@ def test_sentences_that_compare_with_an_earlier_film_are_not_reused():
         "Stable cardiomegaly. There is improvement in bilateral pulmonary edema. "
         "Unchanged from prior. No new focal consolidation. Stable appearance of the chest."
     )
-    hits = [study(f"c{i}", 0.9, findings, {"Cardiomegaly": 1}) for i in range(3)]
+    hits = [report_hit(f"c{i}", 0.9, findings, {"Cardiomegaly": 1}) for i in range(3)]
     report, context = write(hits)
     assert report.findings_text == "Cardiomegaly."
     assert_grounded(report, context)
