@@ -101,7 +101,9 @@ class DiagnosisPipeline:
         ``{"send_image": True}`` (the user's explicit consent to send the image).
         `zero_shot_weight` None takes the weight saved next to the index by `medxpert eval
         blend` (0, the vote alone, when there is none); `fusion` None the fusion saved by
-        `medxpert eval fusion` (rrf when there is none)."""
+        `medxpert eval fusion` (rrf when there is none). The writer is made first, so that its
+        configuration errors come before the model and library load."""
+        writer_ = make_writer(writer, **(writer_options or {}))
         engine = SearchEngine.from_artifacts(
             model_dir, index_dir, device=device, note_weight=note_weight, fusion=fusion
         )
@@ -118,7 +120,7 @@ class DiagnosisPipeline:
         return cls(
             engine,
             captioner_,
-            make_writer(writer, **(writer_options or {})),
+            writer_,
             k=k,
             zero_shot_weight=zero_shot_weight,
             thresholds=read_thresholds(index_dir, fingerprint),

@@ -17,6 +17,7 @@ from medxpert.config import Settings
 from medxpert.data import Case
 from medxpert.errors import ConfigError
 from medxpert.labels import CHEXPERT_LABELS, default_labeler, label_vector
+from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report import (
     OfflineWriter,
     OpenAICompatibleWriter,
@@ -242,9 +243,14 @@ def test_the_key_is_sent_but_never_shown(context, monkeypatch, caplog):
     assert secret not in report.model_dump_json()
 
 
-def test_configuration_mistakes_say_what_to_set(monkeypatch):
+def test_configuration_mistakes_say_what_to_set(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"--llm-url .*MEDXPERT_LLM_URL"):
         make_writer("openai-compatible", model="llama3.1")
+    # the pipeline makes its writer before it loads anything (no model or library here)
+    with pytest.raises(ConfigError, match=r"--llm-url"):
+        DiagnosisPipeline.from_artifacts(
+            tmp_path / "no-model", tmp_path / "no-library", writer="openai-compatible"
+        )
     with pytest.raises(ConfigError, match="not an http"):
         make_writer("openai-compatible", url="127.0.0.1:11434")
     with pytest.raises(ConfigError, match="takes no option base_url"):
