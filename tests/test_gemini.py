@@ -15,11 +15,9 @@ from typing import ClassVar
 
 import pytest
 
-from medxpert.data import Case
-from medxpert.labels import label_vector
 from medxpert.report import GeminiWriter, OfflineWriter, ReportContext
 from medxpert.report.deid import deidentify
-from medxpert.retrieval import Hit
+from tests.builders import report_hit
 
 KEY = "test-key-not-a-secret-4711"
 NOTE = "Seen by Dr. Jane Smith on 03/14/2024, MRN 12345678, jane@example.org. Fever, cough."
@@ -103,18 +101,12 @@ def server():
 @pytest.fixture
 def context() -> ReportContext:
     hits = [
-        Hit(
-            Case(
-                case_id=case_id,
-                source="iu_xray",
-                split="train",
-                study_id=case_id,
-                findings=f"Large left pleural effusion. Call 617-555-0199 ({case_id}).",
-                labels=label_vector({"Pleural Effusion": 1}),
-            ),
+        report_hit(
+            case_id,
             score,
-            rank,
-            "report",
+            f"Large left pleural effusion. Call 617-555-0199 ({case_id}).",
+            {"Pleural Effusion": 1},
+            rank=rank,
         )
         for rank, (case_id, score) in enumerate((("a", 0.9), ("b", 0.85)), start=1)
     ]

@@ -14,9 +14,8 @@ import time
 import pytest
 
 from medxpert.config import Settings
-from medxpert.data import Case
 from medxpert.errors import ConfigError
-from medxpert.labels import CHEXPERT_LABELS, default_labeler, label_vector
+from medxpert.labels import CHEXPERT_LABELS, default_labeler
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report import (
     OfflineWriter,
@@ -27,7 +26,7 @@ from medxpert.report import (
     writer_options,
 )
 from medxpert.report.openai_compatible import is_local_host, warn_if_remote
-from medxpert.retrieval import Hit
+from tests.builders import report_hit
 from tests.openai_loopback import DEIDENTIFIED, MODEL, UNCITED, UNSUPPORTED, LoopbackLLM
 
 NOTE = "Seen by Dr. Jane Smith on 03/14/2024, MRN 12345678, jane@example.org. Fever, cough."
@@ -42,19 +41,13 @@ STUDIES = (
 @pytest.fixture(scope="module")
 def context() -> ReportContext:
     hits = [
-        Hit(
-            Case(
-                case_id=case_id,
-                source="iu_xray",
-                split="train",
-                study_id=case_id,
-                findings=findings,
-                impression="Left pleural effusion." if effusion else "No acute disease.",
-                labels=label_vector({"Pleural Effusion": effusion, "Pneumothorax": 0}),
-            ),
+        report_hit(
+            case_id,
             0.9 - rank / 100,
-            rank + 1,
-            "report",
+            findings,
+            {"Pleural Effusion": effusion, "Pneumothorax": 0},
+            rank=rank + 1,
+            impression="Left pleural effusion." if effusion else "No acute disease.",
         )
         for rank, (case_id, findings, effusion) in enumerate(STUDIES)
     ]

@@ -56,7 +56,7 @@ MAX_CITATIONS = 5
 SECTIONS = ("findings", "impression")
 
 
-@dataclass
+@dataclass(eq=False)  # a group is itself, whatever its contents
 class _Group:
     """Paraphrases of one sentence across the retrieved studies (best-weighted study first)."""
 
@@ -87,7 +87,7 @@ class OfflineWriter:
     def write(self, context: ReportContext) -> StructuredReport:
         groups = self._groups(context)
         findings = self._findings(context, groups["findings"], groups["impression"])
-        impression = self._impression(context, groups["impression"], findings)
+        impression = self._impression(context, groups["impression"])
         report = StructuredReport(
             findings=findings,
             impression=impression,
@@ -202,9 +202,7 @@ class OfflineWriter:
         return statements or [_indeterminate(context)]
 
     # --- impression ----------------------------------------------------------------------------
-    def _impression(
-        self, context: ReportContext, groups: list[_Group], findings: list[Statement]
-    ) -> list[Statement]:
+    def _impression(self, context: ReportContext, groups: list[_Group]) -> list[Statement]:
         usable = [g for g in groups if self._compatible(g, context)]
         stated = [x for x in PATHOLOGIES if context.stated(x)]
         if not stated:
