@@ -43,3 +43,8 @@ class IndexFormatError(MedXpertError):
 
 class QueryError(MedXpertError):
     """A search or diagnosis query cannot be answered as given (no input, empty text, bad k)."""
+
+
+class InputRefusedError(MedXpertError):
+    """An input the guard refuses to diagnose: not a chest radiograph (by its DICOM header, its
+    pixels, or its distance from every library image). `--force` overrides it."""

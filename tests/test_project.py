@@ -38,6 +38,7 @@ RANKS = {
     "retrieval": 7,
     "caption": 8,
     "report": 9,
+    "guard": 9,
     "pipeline": 10,
     "api": 11,
     "cli": 12,
