@@ -136,11 +136,14 @@ class DiagnosisPipeline:
         image: ImageSource | None = None,
         text: str | None = None,
         note: str | None = None,
+        *,
+        force: bool = False,
         **options,
     ) -> Diagnosis:
         """Diagnose an image, or several `images` of one study (frontal first: the caption is
         of the first), with an optional clinical note; or a text query. `options` are those of
-        `evidence` (images, k, target, filters, note_weight)."""
+        `evidence` (images, k, target, filters, note_weight). An image the input guard refuses
+        raises `InputRefusedError` unless `force`, which diagnoses it with a warning."""
         timings: dict[str, float] = {}
         context = self.evidence(image, text, note, timings=timings, **options)
         with _timed(timings, "write"):
