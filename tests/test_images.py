@@ -41,7 +41,7 @@ def test_rgba_png_is_composited_on_black():
 
 
 def test_jpeg_from_bytes_and_file_object():
-    data = jpeg_bytes(gradient())
+    data = jpeg_bytes(gradient(32, 48))
     from_bytes = as_array(open_image(data))
     from_file = as_array(open_image(io.BytesIO(data)))
     np.testing.assert_array_equal(from_bytes, from_file)
@@ -184,3 +184,33 @@ def test_dicom_without_preamble_is_recognised():
     raw = buffer.getvalue()
     assert raw[128:132] != b"DICM"
     assert as_array(open_image(raw))[0, -1] == 255
+
+
+# --- truncation -------------------------------------------------------------------------------
+def truncations(data: bytes) -> list[int]:
+    """Cuts inside the signature, inside the header and after it."""
+    return sorted({1, 2, 3, 4, 8, 10, 12, 16, 32, 33, 41, 89, 100, 141, 152, len(data) // 2})
+
+
+FORMATS = {
+    "png": png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)),
+    "png16": png_bytes(gradient(dtype=np.uint16)),
+    "jpeg": jpeg_bytes(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)),
+    "dicom": dicom_bytes(gradient(dtype=np.uint16)),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "cut"), [(kind, cut) for kind, data in FORMATS.items() for cut in truncations(data)]
+)
+def test_a_truncated_file_is_refused_by_its_name_never_an_object_repr(kind, cut):
+    with pytest.raises(InvalidImageError) as caught:
+        open_image(FORMATS[kind][:cut], name="scan.img")
+    message = str(caught.value)
+    assert message.startswith("scan.img ") and "object at 0x" not in message, message
+
+
+@pytest.mark.parametrize(("kind", "cut"), [("png", 4), ("png", 7), ("jpeg", 2)])
+def test_a_file_cut_inside_its_signature_says_so(kind, cut):
+    with pytest.raises(InvalidImageError, match=f"cut off after {cut} bytes, inside the"):
+        open_image(FORMATS[kind][:cut])

@@ -14,7 +14,7 @@ from medxpert.data.case import (
     join_sections,
     normalise_view,
 )
-from medxpert.data.images import ACCEPTED, open_image
+from medxpert.data.images import ACCEPTED, DICOM_HEADER_KEY, DicomHeader, dicom_header, open_image
 from medxpert.data.locate import find_pack
 from medxpert.data.registry import load_cases, reader_options, sources
 from medxpert.data.report_sections import findings_and_impression, split_sections
@@ -22,12 +22,15 @@ from medxpert.data.study import Study, group_studies, normalise_report, report_g
 
 __all__ = [
     "ACCEPTED",
+    "DICOM_HEADER_KEY",
     "SPLITS",
     "VIEWS",
     "Case",
+    "DicomHeader",
     "Study",
     "cases_from_frame",
     "cases_to_frame",
+    "dicom_header",
     "find_pack",
     "findings_and_impression",
     "group_studies",
