@@ -48,3 +48,8 @@ class QueryError(MedXpertError):
 class InputRefusedError(MedXpertError):
     """An input the guard refuses to diagnose: not a chest radiograph (by its DICOM header, its
     pixels, or its distance from every library image). `--force` overrides it."""
+
+
+class StorageError(MedXpertError):
+    """A file or folder could not be written (disk full, no permission, read-only filesystem);
+    what was there before is left as it was."""

@@ -3,15 +3,24 @@ wrong with it (kill during save, truncation, corruption, another encoder)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from medxpert.errors import ConfigError, IndexFormatError, IndexNotFoundError, QueryError
+from medxpert.errors import (
+    ConfigError,
+    IndexFormatError,
+    IndexNotFoundError,
+    QueryError,
+    StorageError,
+)
 from medxpert.index import CaseLibrary, VectorIndex, default_factory
+from medxpert.index.library import read_manifest
 from tests.builders import library_cases, tiny_encoder
 
 
@@ -194,6 +203,29 @@ def test_scan_path_follows_changes_and_memory_mapping(tmp_path):
     assert empty.search(query, 1)[1].tolist() == [[-1]]
 
 
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF{nlist},SQ8", "IVF{nlist},PQ8"])
+def test_a_memory_mapped_index_answers_as_one_read_into_ram(factory, tmp_path):
+    gallery, queries = unit_vectors(3000, 32), unit_vectors(6, 32, seed=1)
+    built = VectorIndex.build(gallery, np.arange(3000) + 10, factory)
+    path = built.save(tmp_path / "i.faiss")
+    in_ram = VectorIndex.load(path, built.factory, mmap=False)
+    mapped = VectorIndex.load(path, built.factory)
+    assert mapped.memory_mapped and not in_ram.memory_mapped
+    assert str(path) in Path("/proc/self/maps").read_text()  # the file itself is mapped
+    for n in (1, len(queries)):  # the scan path and FAISS's
+        found = mapped.search(queries[:n], 10), in_ram.search(queries[:n], 10)
+        for got, expected in zip(*found, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    for index in (in_ram, mapped):  # a change reads the mapped index into RAM first
+        index.add(unit_vectors(5, 32, seed=2), np.arange(5) + 5000)
+        assert index.remove(np.array([10, 11])) == 2
+    assert not mapped.memory_mapped and mapped.search_params == in_ram.search_params
+    for got, expected in zip(mapped.search(queries, 10), in_ram.search(queries, 10), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    reread = VectorIndex.load(path, built.factory)
+    np.testing.assert_array_equal(reread.search(queries, 10)[1], built.search(queries, 10)[1])
+
+
 def test_image_vectors_by_path_are_the_encoders_and_never_compressed(encoder, tmp_path):
     cases = library_cases(tmp_path)
     library = CaseLibrary.build(encoder, cases)
@@ -204,3 +236,128 @@ def test_image_vectors_by_path_are_the_encoders_and_never_compressed(encoder, tm
     compressed = CaseLibrary.build(encoder, cases, image_factory="SQ8")
     with pytest.raises(IndexFormatError, match="compresses"):
         compressed.image_vectors_by_path()
+
+
+# --- a failed write (a full disk), and what a killed build leaves ---------------------------
+def big_image_library(encoder, n: int = 3000) -> CaseLibrary:
+    """Image-only cases whose image index is much larger than their case table."""
+    from medxpert.data import Case
+    from medxpert.index import Embeddings
+
+    cases = [Case(f"nih:{i}", "nih", "train", image_path=f"/x/{i}.png") for i in range(n)]
+    dim = encoder.encode_texts(["a"]).shape[1]
+    vectors = {"images": Embeddings(np.arange(n, dtype=np.int64), unit_vectors(n, dim))}
+    return CaseLibrary.from_embeddings(encoder, cases, vectors)
+
+
+SAVE_UNDER_A_FILE_SIZE_LIMIT = textwrap.dedent("""
+    import resource, signal, sys
+    from medxpert.encoders import DualEncoder
+    from medxpert.errors import StorageError
+    from medxpert.index import CaseLibrary
+    model, directory, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    library = CaseLibrary.load(directory, encoder=DualEncoder.load(model, device="cpu"))
+    library.remove_cases([library.cases[0].case_id])  # a different library is being saved
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails: EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        library.save(directory)
+    except StorageError as error:
+        sys.exit(f"StorageError: {error}")
+""")
+
+
+def files_beside(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.parent.iterdir())
+
+
+@pytest.mark.parametrize("failing", ["cases.parquet", "images.faiss"])
+def test_a_failed_write_is_a_clear_error_and_the_previous_library_stays(encoder, tmp_path, failing):
+    """The kernel refuses a write (past a file size limit: EFBIG, as ENOSPC on a full disk)."""
+    directory = big_image_library(encoder).save(tmp_path / "indexes" / "lib")
+    files = read_manifest(directory)["files"]
+    assert files["images.faiss"]["bytes"] > 4 * files["cases.parquet"]["bytes"]
+    limit = files[failing]["bytes"] // 2
+    encoder.save(tmp_path / "model")
+    arguments = [str(tmp_path / "model"), str(directory), str(limit)]
+    done = subprocess.run(
+        [sys.executable, "-c", SAVE_UNDER_A_FILE_SIZE_LIMIT, *arguments],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "StorageError: could not save the case library" in done.stderr
+    assert "File too large" in done.stderr and "if any, is unchanged" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert files_beside(directory) == ["lib"], "no temporaries left"
+    assert read_manifest(directory)["files"] == files
+    assert CaseLibrary.load(directory, encoder=encoder).count("images") == 3000
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs: a real full disk (needs root; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)  # loaded libraries map it
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill `disk` until only `leave` bytes (whole pages) are free."""
+    with (disk / "filler").open("wb") as handle:
+        while (free := shutil.disk_usage(disk).free) > leave:
+            handle.write(b"\0" * min(free - leave, 1 << 16))
+            handle.flush()
+
+
+@pytest.mark.parametrize("room", ["nothing", "the table"])
+def test_a_full_disk_is_a_clear_error_and_the_previous_library_stays(
+    encoder, tmp_path, small_disk, room
+):
+    """A real full disk, with no room at all and with room for the case table only (FAISS's
+    own writer would cut the index short silently there; MedXpert writes it through Python)."""
+    cases = library_cases(tmp_path)
+    directory = CaseLibrary.build(encoder, cases).save(small_disk / "lib")
+    query = encoder.encode_texts(["level 1 pleural effusion."])
+    before = CaseLibrary.load(directory, encoder=encoder).indexes["reports"].search(query, 3)
+    new = CaseLibrary.build(encoder, cases[:12])
+    table = (new.save(tmp_path / "elsewhere") / "cases.parquet").stat().st_size
+    fill(small_disk, 0 if room == "nothing" else -(-table // 4096) * 4096)
+    with pytest.raises(StorageError, match=r"could not save the case library .*No space left"):
+        new.save(directory)
+    assert files_beside(directory) == ["filler", "lib"]
+    (small_disk / "filler").unlink()
+    after = CaseLibrary.load(directory, encoder=encoder)
+    assert len(after.cases) == len(cases)
+    np.testing.assert_array_equal(after.indexes["reports"].search(query, 3)[1], before[1])
+
+
+def test_the_next_build_removes_what_a_killed_one_left(encoder, tmp_path):
+    """A real process is killed (SIGKILL) mid-save: its temporary folder stays beside the
+    library until the next save, which removes it."""
+    cases = library_cases(tmp_path)
+    directory = CaseLibrary.build(encoder, cases).save(tmp_path / "lib")
+    encoder.save(tmp_path / "model")
+    child = textwrap.dedent(f"""
+        import os, signal
+        from medxpert.encoders import DualEncoder
+        from medxpert.index import CaseLibrary, VectorIndex
+        encoder = DualEncoder.load({str(tmp_path / "model")!r}, device="cpu")
+        library = CaseLibrary.load({str(directory)!r}, encoder=encoder)
+        VectorIndex.save = lambda self, path: os.kill(os.getpid(), signal.SIGKILL)
+        library.save({str(directory)!r})
+    """)
+    assert subprocess.run([sys.executable, "-c", child]).returncode == -9
+    left = [name for name in files_beside(directory) if name.startswith(".lib.")]
+    assert len(left) == 1 and left[0].endswith(".tmp"), left
+    CaseLibrary.build(encoder, cases[:12]).save(directory)
+    assert not [name for name in files_beside(directory) if name.startswith(".lib.")]
+    assert len(CaseLibrary.load(directory, encoder=encoder).cases) == 12

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from medxpert.atomic import atomic_directory
 from medxpert.data import Case, Study, cases_from_frame, cases_to_frame, group_studies, study_key
 from medxpert.data.case import TEXT_FIELDS
 from medxpert.encoders import DualEncoder
-from medxpert.errors import IndexFormatError, IndexNotFoundError
+from medxpert.errors import IndexFormatError, IndexNotFoundError, StorageError
 from medxpert.index.vector_index import METRIC, VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -189,14 +190,18 @@ class CaseLibrary:
 
     # --- files ---------------------------------------------------------------------------------
     def save(self, directory: str | Path, *, name: str | None = None) -> Path:
-        """Write the library folder atomically; returns its path."""
+        """Write the library folder atomically; returns its path. A failed write (a full disk)
+        raises `StorageError` and leaves the previous library as it was."""
         directory = Path(directory)
-        with atomic_directory(directory) as tmp:
-            cases_to_frame(self.cases).to_parquet(tmp / CASES_FILE, index=False)
-            for modality, index in self.indexes.items():
-                index.save(tmp / f"{modality}.faiss")
-            manifest = self._manifest(tmp, name or directory.name)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        try:
+            with atomic_directory(directory) as tmp:
+                cases_to_frame(self.cases).to_parquet(tmp / CASES_FILE, index=False)
+                for modality, index in self.indexes.items():
+                    index.save(tmp / f"{modality}.faiss")
+                manifest = self._manifest(tmp, name or directory.name)
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise _not_saved(directory, error.strerror or str(error)) from error
         self.manifest = manifest
         logger.info("saved case library %s: %s", directory, _describe_counts(manifest))
         return directory
@@ -207,10 +212,12 @@ class CaseLibrary:
         directory: str | Path,
         *,
         encoder: DualEncoder | None = None,
-        mmap: bool = False,
+        mmap: bool = True,
         verify: bool = True,
     ) -> CaseLibrary:
-        """Read a library folder; with `encoder`, refuse an index built with another one."""
+        """Read a library folder; with `encoder`, refuse an index built with another one.
+        The indexes' vectors are memory-mapped (shared by every process that loads them)
+        unless `mmap` is False."""
         directory = Path(directory)
         manifest = read_manifest(directory)
         if verify:
@@ -355,6 +362,22 @@ def _rows_to_embed(
             seen.add(study)
             report_rows.append(row)
     return image_rows, report_rows
+
+
+def _not_saved(directory: Path, reason: str) -> StorageError:
+    free = shutil.disk_usage(_existing(directory)).free
+    return StorageError(
+        f"could not save the case library {directory} ({reason}; {free / 1e6:.1f} MB free "
+        "there). The previous library, if any, is unchanged. Free some disk space, or build "
+        "into another folder (MEDXPERT_INDEXES_DIR), and build again."
+    )
+
+
+def _existing(path: Path) -> Path:
+    """`path` or its nearest existing parent (for the free space of a folder not made yet)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def read_manifest(directory: str | Path) -> dict:

@@ -6,6 +6,11 @@ one for the corpus size (`default_factory`). ``{nlist}`` is filled in from the n
 vectors at training time. Every index is wrapped in an ID map so results carry case ids;
 removal is native where FAISS supports it and by tombstones otherwise (HNSW). On a machine
 where FAISS sees a GPU, search runs there; results are the same.
+
+`VectorIndex.load` memory-maps the stored vectors (FAISS's ``IO_FLAG_MMAP_IFC``, every index
+type): the pages are the operating system's file cache, shared by every process that loads
+the same file (the workers of `medxpert serve --workers N`), and the search results are those
+of an index read into RAM. A mapped index is read into RAM the first time it is changed.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ class VectorIndex:
         self.removed: set[int] = set(removed or ())
         self.search_params = ""
         self._scan_ids: np.ndarray | None = None  # ids in storage order, for `_scan`
+        self.memory_mapped = False  # set by `load`; the mapping is read-only
         self.set_search_params(
             default_search_params(factory) if search_params is None else search_params
         )
@@ -174,6 +180,7 @@ class VectorIndex:
         if len(ids) != len(vectors):
             raise IndexFormatError(f"{len(vectors)} vectors but {len(ids)} ids.")
         if len(vectors):
+            self._own()
             self._index.add_with_ids(vectors, ids)
             self.removed.difference_update(ids.tolist())
             self._search_index = _to_gpu(self._index)
@@ -184,6 +191,7 @@ class VectorIndex:
         faiss = load_faiss()
 
         ids = np.asarray(ids, dtype=np.int64)
+        self._own()
         try:
             removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
         except RuntimeError:  # this index type cannot remove: remember tombstones
@@ -193,6 +201,15 @@ class VectorIndex:
         self._search_index = _to_gpu(self._index)
         self._scan_ids = None
         return removed
+
+    def _own(self) -> None:
+        """Read a memory-mapped index into RAM before changing it: FAISS aborts the process
+        on a change to a mapped one (and `clone_index` keeps the mapping)."""
+        if self.memory_mapped:
+            faiss = load_faiss()
+            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+            self.memory_mapped = False
+            self.set_search_params(self.search_params)
 
     def _present(self, ids: np.ndarray) -> list[int]:
         id_map = self._index.id_map
@@ -277,11 +294,13 @@ class VectorIndex:
 
     # --- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the FAISS file atomically (tombstones are kept by the caller's manifest)."""
+        """Write the FAISS file atomically (tombstones are kept by the caller's manifest).
+        The bytes go through a Python file, so that a failed write (a full disk) raises
+        `OSError`: FAISS's own file writer only prints "close error" and leaves a short file."""
         faiss = load_faiss()
 
-        with atomic_path(path) as tmp:
-            faiss.write_index(self._index, str(tmp))
+        with atomic_path(path) as tmp, tmp.open("wb") as handle:
+            faiss.write_index(self._index, faiss.PyCallbackIOWriter(handle.write))
         return Path(path)
 
     @classmethod
@@ -290,19 +309,22 @@ class VectorIndex:
         path: str | Path,
         factory: str,
         removed: set[int] | None = None,
-        mmap: bool = False,
+        mmap: bool = True,
         search_params: str | None = None,
     ) -> VectorIndex:
+        """Read a FAISS file, its vectors memory-mapped unless `mmap` is False."""
         faiss = load_faiss()
 
-        flags = faiss.IO_FLAG_MMAP if mmap else 0
+        flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
         try:
             index = faiss.read_index(str(path), flags)
         except RuntimeError as error:
             raise IndexFormatError(
                 f"{path} is not a readable FAISS index ({str(error).splitlines()[0]})."
             ) from None
-        return cls(index, factory, removed, search_params)
+        loaded = cls(index, factory, removed, search_params)
+        loaded.memory_mapped = mmap
+        return loaded
 
 
 def faiss_vector_to_array(vector) -> np.ndarray:

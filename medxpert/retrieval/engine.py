@@ -96,7 +96,7 @@ class SearchEngine:
         index_dir: str | Path,
         *,
         device: str = "auto",
-        mmap: bool = False,
+        mmap: bool = True,
         note_weight: float = DEFAULT_NOTE_WEIGHT,
         fusion: Fusion | str | None = None,
     ) -> SearchEngine:
