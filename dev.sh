@@ -7,7 +7,7 @@
 #   ./dev.sh data         summary of the shared data packs (results/data_summary.json)
 #   ./dev.sh train        fine-tune the offline default encoder (models/medxpert-default)
 #   ./dev.sh index        embed train+val cases into the case library (indexes/medxpert-default)
-#   ./dev.sh eval         retrieval, fusion, blend-weight, thresholds, report-quality and context metrics
+#   ./dev.sh eval         retrieval, fusion, blend-weight, thresholds, input guard, report-quality and context metrics
 #   ./dev.sh r2gen        report quality under the R2Gen protocol (own model + library; not in all)
 #   ./dev.sh tune         search fine-tuning settings with Optuna on val (not in the main job)
 #   ./dev.sh search       sample searches: top-K tables, CSV and PNG grids (results/inference_plots)
@@ -147,6 +147,8 @@ run_eval() {
   "$VENV/bin/medxpert" eval blend
   step "Per-finding reporting thresholds, chosen on val -> indexes/medxpert-default/thresholds.json, results/thresholds.md"
   "$VENV/bin/medxpert" eval thresholds
+  step "Input guard: the embedding check fitted on the library, threshold on val -> indexes/medxpert-default/guard.npz"
+  "$VENV/bin/medxpert" eval guard
   step "Report quality: prose writer vs read-out, top-1 and random reports -> results/report_metrics.{json,csv,md,png}"
   "$VENV/bin/medxpert" eval reports
   step "Clinical context A/B, X-ray alone vs X-ray + note -> results/context_metrics.{json,csv,md,png}"

@@ -56,6 +56,7 @@ def main() -> None:
                     k=choices.k,
                     target=choices.target,
                     note_weight=choices.note_weight,
+                    force=query.force,
                 )
             st.session_state[RESULT] = (query, diagnosis)
     except MedXpertError as error:

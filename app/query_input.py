@@ -30,6 +30,7 @@ class Query:
     names: tuple[str, ...] = ()
     text: str | None = None
     note: str | None = None
+    force: bool = False  # diagnose even an image the input guard refuses
 
     @property
     def image_arguments(self) -> dict:
@@ -49,7 +50,7 @@ def query_input(settings: Settings) -> Query | None:
     if prefill:
         st.caption("The note is the history part of this case's notes; edit or clear it.")
     upload = text = note = None
-    more = []
+    more, force = [], False
     with st.form("query", border=False):
         if mode == UPLOAD:
             upload = st.file_uploader(
@@ -74,6 +75,13 @@ def query_input(settings: Settings) -> Query | None:
                 help="History and symptoms. The note weight (sidebar) sets how far it moves "
                 "the search away from the X-ray alone.",
             )
+            force = st.checkbox(
+                "Diagnose even if the input guard refuses it",
+                key="force",
+                help="MedXpert refuses images that are not chest radiographs (by their DICOM "
+                "header, their pixels, or their distance from every library X-ray). Forced, "
+                "the report carries a warning and triage stays routine.",
+            )
         submitted = st.form_submit_button("Diagnose", type="primary", key="diagnose")
     if not submitted:
         return None
@@ -87,16 +95,17 @@ def query_input(settings: Settings) -> Query | None:
             max_bytes=settings.max_image_bytes,
         )
         title = f"test X-ray {case.case_id}"
-        return Query(title, images=(image,), names=(title,), note=note)
+        return Query(title, images=(image,), names=(title,), note=note, force=force)
     files = ([upload] if upload is not None else []) + list(more)
     if not files:
         raise QueryError("no X-ray uploaded: choose a PNG, JPEG or DICOM file, then Diagnose.")
     images = tuple(read_upload(file, settings) for file in files)
     if len(files) == 1:
         title = f"uploaded X-ray {files[0].name}"
-        return Query(title, images=images, names=(title,), note=note)
+        return Query(title, images=images, names=(title,), note=note, force=force)
     names = tuple(file.name for file in files)
-    return Query("uploaded study " + " + ".join(names), images=images, names=names, note=note)
+    title = "uploaded study " + " + ".join(names)
+    return Query(title, images=images, names=names, note=note, force=force)
 
 
 def read_upload(upload, settings: Settings) -> Image.Image:

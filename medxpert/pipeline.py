@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from medxpert.caption import Caption, make_captioner
 from medxpert.data.images import ImageSource, open_image
 from medxpert.data.study import study_key
-from medxpert.errors import QueryError
+from medxpert.errors import InputRefusedError, QueryError
+from medxpert.guard import OVERRIDE, InputGuard, describe_problems
 from medxpert.report import ReportContext, StructuredReport, make_writer
 from medxpert.report.sentences import phrasing_counts
 from medxpert.report.thresholds import default_thresholds, read_thresholds
@@ -74,8 +76,10 @@ class DiagnosisPipeline:
         k: int = 10,
         zero_shot_weight: float = 0.0,
         thresholds: dict[str, float] | None = None,
+        guard: InputGuard | None = None,
     ) -> None:
         self.engine, self.captioner, self.writer, self.k = engine, captioner, writer, k
+        self.guard = guard or InputGuard()
         self.zero_shot_weight = zero_shot_weight
         self.thresholds = thresholds or default_thresholds()
         reports = {(study_key(c), c.findings, c.impression) for c in engine.library.cases}
@@ -124,6 +128,7 @@ class DiagnosisPipeline:
             k=k,
             zero_shot_weight=zero_shot_weight,
             thresholds=read_thresholds(index_dir, fingerprint),
+            guard=InputGuard.for_library(engine.library, index_dir, fingerprint),
         )
 
     @property
@@ -145,11 +150,18 @@ class DiagnosisPipeline:
         `evidence` (images, k, target, filters, note_weight). An image the input guard refuses
         raises `InputRefusedError` unless `force`, which diagnoses it with a warning."""
         timings: dict[str, float] = {}
-        context = self.evidence(image, text, note, timings=timings, **options)
+        context = self.evidence(image, text, note, timings=timings, force=force, **options)
         with _timed(timings, "write"):
             report = self.writer.write(context)
         timings["total"] = round(sum(timings.values()), 2)
-        report = report.model_copy(update={"timings_ms": timings})
+        overridden = [
+            f"The input guard refused this input and it was diagnosed only because it was "
+            f"forced; the report may describe no chest X-ray. {line}"
+            for line in context.guard_warnings
+        ]
+        report = report.model_copy(
+            update={"timings_ms": timings, "warnings": [*overridden, *report.warnings]}
+        )
         return Diagnosis(
             report,
             list(context.hits),
@@ -171,21 +183,39 @@ class DiagnosisPipeline:
         filters: Filters | None = None,
         note_weight: float | None = None,
         timings: dict[str, float] | None = None,
+        force: bool = False,
     ) -> ReportContext:
         """Everything a report is written from (the stages before the writer), each stage
-        timed into `timings`. `note_weight` overrides the engine's weight of the note."""
+        timed into `timings`. `note_weight` overrides the engine's weight of the note. Images
+        pass the input guard first (`force`: flagged ones go on, with warnings)."""
         k = k or self.k
         timings = {} if timings is None else timings
         if image is not None and images is not None:
             raise QueryError("give one image as image or a study's images as images, not both.")
         if images is not None and not images:
             raise QueryError("the study query has no images.")
-        pictures = [image] if image is not None else list(images or ())
-        if pictures and text is not None:
+        sources = [image] if image is not None else list(images or ())
+        if sources and text is not None:
             raise QueryError("give the clinical note of an image as note, not as text.")
+        names = [_name(source, i, len(sources)) for i, source in enumerate(sources)]
+        pictures: list[Image.Image] = []
+        problems: list[list[str]] = []
+        if sources:
+            with _timed(timings, "guard"):
+                pictures = [
+                    open_image(source, name=name)
+                    for source, name in zip(sources, names, strict=True)
+                ]
+                problems = [self.guard.image_problems(picture) for picture in pictures]
+                self._check(problems, names, force)
         with _timed(timings, "encode"):
             if pictures:
                 vectors = self.engine.encoder.encode_images(pictures, progress=False)
+                problems = [
+                    [*a, *b]
+                    for a, b in zip(problems, self.guard.vector_problems(vectors), strict=True)
+                ]
+                self._check(problems, names, force)
                 study = vectors if image is not None else study_vector(vectors)
                 query = self.engine.with_note(study, note, note_weight)
             else:
@@ -213,7 +243,29 @@ class DiagnosisPipeline:
                 image_png=_png(pictures[0]) if pictures and self._may_send_image else None,
                 thresholds=self.thresholds,
                 phrasing=self.phrasing,
+                guard_warnings=describe_problems(problems, names) if pictures else (),
             )
+
+    @staticmethod
+    def _check(problems: list[list[str]], names: list[str], force: bool) -> None:
+        """Refuse flagged images unless `force`."""
+        lines = describe_problems(problems, names)
+        if lines and not force:
+            raise InputRefusedError(
+                "MedXpert diagnoses chest radiographs only, and refused this input: "
+                + " | ".join(lines)
+                + f". If it is a chest X-ray, {OVERRIDE}."
+            )
+
+
+def _name(source: ImageSource, position: int, count: int) -> str:
+    """How messages call a query image: its file name, else its place in the query."""
+    if isinstance(source, str | Path):
+        return Path(source).name
+    label = getattr(source, "name", None)
+    if isinstance(label, str) and label:
+        return Path(label).name
+    return "the image" if count == 1 else f"image {position + 1}"
 
 
 def _png(image: ImageSource) -> bytes:

@@ -16,9 +16,10 @@ from medxpert.retrieval import Hit
 
 
 def gradient(
-    height: int = 32, width: int = 48, low: int = 0, high: int = 255, dtype: type = np.uint8
+    height: int = 160, width: int = 192, low: int = 0, high: int = 255, dtype: type = np.uint8
 ) -> np.ndarray:
-    """A left-to-right ramp from `low` to `high`."""
+    """A left-to-right ramp from `low` to `high` (by default large enough, and with contrast
+    enough, for the input guard's pixel checks)."""
     row = np.linspace(low, high, width)
     return np.tile(row, (height, 1)).astype(dtype)
 

@@ -169,7 +169,7 @@ def test_mimic_reader_on_the_physionet_layout(tmp_path, reports_zip):
     # a report without FINDINGS/IMPRESSION headers: the last paragraph is the impression
     assert train[2].findings == "" and train[2].impression == "No acute cardiopulmonary process."
     assert train[2].labels[LABEL_INDEX["No Finding"]] == 1
-    assert open_image(first.image_path).size == (48, 32)
+    assert open_image(first.image_path).size == (192, 160)
 
 
 def test_mimic_splits_and_missing_images(tmp_path, caplog):
@@ -211,7 +211,7 @@ def test_hf_reader_from_a_save_to_disk_folder(tmp_path, settings):
         case.report == "FINDINGS: Finding text 1. No pleural effusion.\nIMPRESSION: Cardiomegaly."
     )
     image = open_image(case.image_path)
-    assert image.size == (48, 32)
+    assert image.size == (192, 160)
     assert str(settings.cache_dir) in case.image_path
     again = load_cases("hf", "val", dataset=str(tmp_path / "hfset"), settings=settings)
     assert [c.image_path for c in again] == [c.image_path for c in val], "images cached once"

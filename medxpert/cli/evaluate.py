@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medxpert.cli import fusion, reports
+from medxpert.cli import fusion, guard, reports
 from medxpert.cli.common import add_artifact_arguments, add_source_arguments, load_sources
 from medxpert.config import Settings
 
@@ -82,6 +82,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     fusion.add_eval_command(kinds)
     reports.add_eval_commands(kinds)
+    guard.add_eval_command(kinds)
 
 
 def _run_retrieval(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ from medxpert.report.thresholds import default_thresholds
 from medxpert.retrieval import Hit
 from medxpert.retrieval.probabilities import LabelVote, blend, label_probabilities
 
+ROUTINE = "routine"
 POSSIBLE_FRACTION = 0.9
 POSSIBLE_MIN = 0.3
 
@@ -37,6 +38,8 @@ class ReportContext:
     image_png: bytes | None = None  # the query image, only for a writer the user let send it
     thresholds: Mapping[str, float] = field(default_factory=default_thresholds)
     phrasing: Mapping[str, int] = field(default_factory=dict)  # sentence → count in the library
+    # Why the input guard refused the query image, when `force` made it diagnose anyway.
+    guard_warnings: Sequence[str] = ()
 
     def stated(self, label: str) -> bool:
         """The evidence supports `label` as a fact."""
@@ -59,9 +62,9 @@ class ReportContext:
         cls, hits: Sequence[Hit], *, zero_shot_weight: float = 0.0, **query: object
     ) -> ReportContext:
         """The vote of `hits` (blended at `zero_shot_weight` with the caption's zero-shot
-        probabilities, when the caption has them), its ICD-10 suggestions and triage; `query`
-        fills the rest (caption, query_text, note, has_image, image_png, thresholds,
-        phrasing)."""
+        probabilities, when the caption has them), its ICD-10 suggestions and triage (never
+        above routine for an input the guard flagged); `query` fills the rest (caption,
+        query_text, note, has_image, image_png, thresholds, phrasing, guard_warnings)."""
         vote = label_probabilities(hits)
         caption = query.get("caption")
         if isinstance(caption, Caption) and caption.probabilities:
@@ -70,6 +73,18 @@ class ReportContext:
             hits=hits,
             vote=vote,
             icd10=icd10_suggestions(vote.probabilities, vote.evidence),
-            triage=triage(vote.probabilities),
+            triage=_capped(triage(vote.probabilities), bool(query.get("guard_warnings"))),
             **query,
         )
+
+
+def _capped(decided: Triage, flagged: bool) -> Triage:
+    """Routine for an input the guard flagged: its probabilities describe no chest X-ray."""
+    if not flagged or decided.level == ROUTINE:
+        return decided
+    return Triage(
+        ROUTINE,
+        f"capped at routine because the input guard flagged the image (the vote alone would "
+        f"give {decided.level}: {decided.reason})",
+        decided.rule,
+    )
