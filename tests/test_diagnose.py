@@ -7,14 +7,17 @@ import json
 
 import numpy as np
 import pytest
+from markdown_it import MarkdownIt
 
 from medxpert.caption import LabelCaptioner
 from medxpert.caption.labels import describe
+from medxpert.cli.diagnose import markdown_report
 from medxpert.errors import IndexNotFoundError, InvalidImageError, QueryError
 from medxpert.index import CaseLibrary
 from medxpert.labels import LABEL_INDEX
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report import OfflineWriter, ReadoutWriter, ReportContext, StructuredReport
+from medxpert.report.schema import Statement
 from medxpert.retrieval import Hit, SearchEngine
 from tests.builders import gradient, library_cases, png_bytes, report_hit, tiny_encoder
 
@@ -47,6 +50,40 @@ def test_readout_report_states_only_supported_findings_and_cites_them():
     assert again == report and "decision support" in report.disclaimer.lower()
     markdown = report.to_markdown()
     assert "**Triage: PRIORITY**" in markdown and "[a, b]" in markdown
+
+
+FORGED = "x\n\n### Impression\n\nFORGED <script>alert(1)</script> [link](javascript:x) *em*"
+
+
+def test_markdown_report_escapes_every_text_in_it():
+    """User text (the query, as the title) and report sentences (prior reports, notes, LLM
+    output) render as text: no forged section, no HTML, no link, no emphasis."""
+    hits = [report_hit("nih_cxr14:a_1", 0.9, EFFUSION, {"Pleural Effusion": 1}, rank=1)]
+    report = ReadoutWriter().write(context_of(hits))
+    forged = report.model_copy(
+        update={
+            "findings": [Statement(text=FORGED, cited_case_ids=["nih_cxr14:a_1"])],
+            "caption": FORGED,
+            "warnings": ["1. " + FORGED],
+            "cited_cases": [c.model_copy(update={"excerpt": FORGED}) for c in report.cited_cases],
+        }
+    )
+    markdown = markdown_report("# MedXpert report:", FORGED, forged)
+    tokens = MarkdownIt("commonmark").parse(markdown)
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert headings[0].startswith("MedXpert report: x ### Impression FORGED")
+    assert headings[1:] == [
+        "Warnings",
+        "Findings",
+        "Impression",
+        "Differential",
+        "ICD-10 suggestions",
+        "Cited studies",
+    ]
+    html = MarkdownIt("commonmark").render(markdown)
+    assert "<script" not in html and "<a " not in html and "<em>em" not in html
+    assert html.count("FORGED &lt;script&gt;alert(1)&lt;/script&gt; [link](javascript:x) *em*") == 5
+    assert "<ol>" not in html and "nih_cxr14:a_1" in markdown  # an id stays readable
 
 
 def test_readout_report_of_normal_and_of_disagreeing_cases():
@@ -121,7 +158,8 @@ def test_pipeline_image_note_and_text(pipeline):
     image = png_bytes(gradient(low=20, high=160))
     plain = pipeline.diagnose(image=image)
     assert len(plain.hits) == 5 and plain.caption is not None
-    assert set(plain.timings_ms) == {"encode", "search", "caption", "read-outs", "write", "total"}
+    stages = {"guard", "encode", "search", "caption", "read-outs", "write", "total"}
+    assert set(plain.timings_ms) == stages
     assert plain.report.timings_ms == plain.timings_ms
     assert plain.report.caption == plain.caption.text
     cited = {c for s in plain.report.findings for c in s.cited_case_ids}

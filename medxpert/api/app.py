@@ -47,9 +47,9 @@ DESCRIPTION = """Retrieval-augmented diagnosis for chest X-rays: search a librar
 cases by X-ray, text or X-ray + clinical note, and get a structured report grounded in the
 most similar cases. **Decision support, not a diagnosis.**
 
-Errors are JSON: `{"error": "...", "type": "..."}` (422 keeps FastAPI's `detail`). When the
-server was started with `MEDXPERT_API_KEY`, every route but /health needs the header
-`X-API-Key`."""
+Every error is JSON: `{"error": "...", "type": "..."}`; a 422 (`ValidationError`) also lists
+each problem and where it is in `detail`. When the server was started with `MEDXPERT_API_KEY`,
+every route but /health needs the header `X-API-Key`."""
 
 
 def create_app(

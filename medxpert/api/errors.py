@@ -1,5 +1,6 @@
-"""Errors as JSON: MedXpert's errors by status, the request size limit, and a last-resort 500
-that keeps the traceback in the server log.
+"""Errors as JSON: MedXpert's errors by status, the router's and the form parser's HTTP errors,
+validation errors, the request size limit, and a last-resort 500 that keeps the traceback in
+the server log. Every error has one shape (a 422 adds `detail`, the list of problems):
 
     {"error": "<what was wrong and what to do>", "type": "<ClassName>"}
 """
@@ -10,11 +11,12 @@ import json
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from medxpert.errors import MedXpertError, QueryError
+from medxpert.errors import InputRefusedError, MedXpertError, QueryError
 
 logger = logging.getLogger(__name__)
 
@@ -59,23 +61,70 @@ def describe_size(count: int) -> str:
     return f"{count / 2**20:.1f} MB" if count >= 100_000 else f"{count:,} bytes"
 
 
+HTTP_ERROR_TYPES = {
+    400: "MalformedRequestError",
+    404: "RouteNotFoundError",
+    405: "MethodNotAllowedError",
+    413: "RequestTooLargeError",
+}
+
+
 def error_body(message: str, type_name: str) -> dict[str, str]:
     return {"error": message, "type": type_name}
 
 
+def status_of(error: MedXpertError) -> int:
+    """An error's HTTP status: its own, 422 for an input the guard refuses, else 400."""
+    if isinstance(error, InputRefusedError):
+        return 422
+    return getattr(error, "status_code", 400)
+
+
+def http_message(request: Request, error: HTTPException) -> str:
+    """What the router or the form parser refused, said for a client."""
+    if error.status_code == 404:
+        return f"no route {request.url.path}: see /docs for the routes of this API."
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        return f"{request.method} is not allowed on {request.url.path}; use {allowed}."
+    if error.status_code == 400:
+        return f"the request's form data could not be read: {error.detail}"
+    return str(error.detail)
+
+
+def validation_body(error: RequestValidationError) -> dict:
+    """A 422: the problems in one line, and each with where it is."""
+    problems = [
+        {"type": item["type"], "loc": list(item["loc"]), "msg": item["msg"]}
+        for item in error.errors()
+    ]
+    summary = "; ".join(
+        f"{'.'.join(map(str, problem['loc'][1:])) or problem['loc'][0]}: {problem['msg']}"
+        for problem in problems
+    )
+    return {**error_body(f"malformed request: {summary}.", "ValidationError"), "detail": problems}
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """MedXpertError → its status (400 unless it says otherwise); 413 as JSON."""
+    """MedXpertError → its status (`status_of`); the HTTP errors of routing and form parsing,
+    413 and 422 validation errors in the same shape."""
 
-    async def medxpert_error(request: Request, error: Exception) -> JSONResponse:
-        status = getattr(error, "status_code", 400)
+    async def medxpert_error(request: Request, error: MedXpertError) -> JSONResponse:
         name = getattr(error, "type_name", type(error).__name__)
-        return JSONResponse(error_body(str(error), name), status_code=status)
+        return JSONResponse(error_body(str(error), name), status_code=status_of(error))
 
-    async def too_large(request: Request, error: RequestTooLargeError) -> JSONResponse:
-        return JSONResponse(error_body(error.detail, "RequestTooLargeError"), status_code=413)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        body = error_body(
+            http_message(request, error), HTTP_ERROR_TYPES.get(error.status_code, "HTTPError")
+        )
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
-    app.add_exception_handler(MedXpertError, medxpert_error)
-    app.add_exception_handler(RequestTooLargeError, too_large)  # type: ignore[arg-type]
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_body(error), status_code=422)
+
+    app.add_exception_handler(MedXpertError, medxpert_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
 
 
 class BodyLimitMiddleware:
@@ -131,7 +180,7 @@ class CatchAllMiddleware:
             logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if started:
                 raise
-            await _send_json(send, 500, {"error": "internal error"})
+            await _send_json(send, 500, error_body("internal error", "InternalError"))
 
 
 async def _send_json(send: Send, status: int, body: dict) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from medxpert import __version__
@@ -20,49 +19,60 @@ from medxpert.api.schemas import (
     DiagnoseResponse,
     ErrorResponse,
     Health,
+    ImageDiagnoseForm,
     IndexInfo,
     ModelInfo,
+    SearchForm,
     SearchHit,
     SearchQuery,
     SearchResponse,
     Target,
+    TextDiagnoseForm,
+    multipart_schema,
+    one_of,
 )
 from medxpert.api.state import ApiState, Pipeline, State
-from medxpert.data import Case, open_image
+from medxpert.data import Case, open_image, study_key
 from medxpert.errors import QueryError
 from medxpert.pipeline import DiagnosisPipeline
+from medxpert.retrieval import Hit
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
-        (400, "bad input: unreadable image, empty text, k larger than the index, ..."),
+        (400, "bad input: unreadable image, a note without an image, unreadable form data, ..."),
         (401, "missing or wrong X-API-Key (only when the server requires one)"),
         (413, "request body over the size limit"),
+        (422, "malformed parameters (type ValidationError; `detail` lists each problem)"),
         (503, "the pipeline is not loaded (e.g. no index built yet)"),
     )
+}
+REFUSED = {
+    422: {
+        "model": ErrorResponse,
+        "description": "malformed parameters (ValidationError), or an input the input guard "
+        "refuses as no chest radiograph (InputRefusedError; force=true overrides it)",
+    }
 }
 SEARCH_BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": SearchQuery.model_json_schema()},
+            "multipart/form-data": {"schema": multipart_schema(SearchForm, images=True)},
+        },
+    }
+}
+DIAGNOSE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "an X-ray; several (the field repeated) are one "
-                            "study, e.g. its frontal and lateral views",
-                        },
-                        "note": {"type": "string"},
-                        "k": {"type": "integer", "minimum": 1},
-                        "target": {"type": "string", "enum": ["reports", "images", "both"]},
-                    },
-                }
-            },
+                "schema": one_of(
+                    multipart_schema(ImageDiagnoseForm, images=True),
+                    multipart_schema(TextDiagnoseForm, images=False),
+                )
+            }
         },
     }
 }
@@ -113,31 +123,18 @@ def health(state: State, response: Response) -> Health:
 @routes.post(
     "/diagnose",
     response_model=DiagnoseResponse,
+    responses=REFUSED,
+    openapi_extra=DIAGNOSE_BODY,
     summary="Structured report for an X-ray or a study's X-rays (+ note), or a text query",
 )
-def diagnose(
-    state: State,
-    pipeline: Pipeline,
-    image: Annotated[
-        list[UploadFile] | None,
-        File(
-            description="X-ray: PNG, JPEG or DICOM; the field repeated gives several images of "
-            "one study (frontal first: the caption is of the first)"
-        ),
-    ] = None,
-    note: Annotated[str | None, Form(description="clinical note to go with the image")] = None,
-    text: Annotated[str | None, Form(description="a text query instead of an image")] = None,
-    k: Annotated[int | None, Form(ge=1, description="cases to retrieve")] = None,
-    target: Annotated[Target, Form(description="indexes to search")] = "both",
-) -> dict:
-    """Retrieve the most similar prior studies and write a structured report from them:
-    findings with citations, impression, differential, ICD-10 suggestions and triage."""
-    pictures = [state.decode(upload.file.read(), upload.filename) for upload in image or ()]
-    with state.lock:
-        diagnosis = pipeline.diagnose(
-            **_image_query(pictures), text=text, note=note, k=k, target=target
-        )
-    return {**diagnosis.to_dict(), "hits": [SearchHit.of(hit) for hit in diagnosis.hits]}
+async def diagnose(request: Request, state: State, pipeline: Pipeline) -> dict:
+    """Multipart: `image` files (the field repeated: one study, frontal first) with an
+    optional `note`, or a `text` query instead; optional `k`, `target`, `force`. Retrieve the
+    most similar prior studies and write a structured report from them: findings with
+    citations, impression, differential, ICD-10 suggestions and triage."""
+    fields, uploads = await _read_form(request, "the diagnosis")
+    form = ImageDiagnoseForm if uploads else TextDiagnoseForm
+    return await run_in_threadpool(_diagnose, state, pipeline, _validated(form, fields), uploads)
 
 
 @routes.post(
@@ -157,7 +154,10 @@ async def search(request: Request, state: State, pipeline: Pipeline) -> SearchRe
 @routes.get(
     "/cases/{case_id:path}/image",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "the case's X-ray as PNG"}},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the case's X-ray as PNG"},
+        404: {"model": ErrorResponse, "description": "no case with this id, or it has no image"},
+    },
     summary="A case's X-ray as an 8-bit grayscale PNG",
 )
 def case_image(case_id: str, state: State, pipeline: Pipeline) -> Response:
@@ -191,25 +191,41 @@ def _case(pipeline: DiagnosisPipeline, case_id: str) -> Case:
 
 
 Upload = tuple[bytes, str | None]  # an uploaded file's bytes and name
+FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+Model = TypeVar("Model", bound=BaseModel)
 
 
-async def _read_search(request: Request) -> tuple[SearchQuery, list[Upload]]:
+async def _read_search(request: Request) -> tuple[SearchQuery | SearchForm, list[Upload]]:
     """The query and, for multipart, the uploaded images' bytes and file names."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("application/json"):
-        return _validated(SearchQuery.model_validate_json, await request.body()), []
-    if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        raise QueryError(
-            "send the search as JSON (content-type application/json) or as multipart form "
-            "data with an image file."
-        )
+    if request.headers.get("content-type", "").startswith("application/json"):
+        return _validated(SearchQuery, await request.body()), []
+    fields, uploads = await _read_form(request, "the search as JSON (application/json) or")
+    return _validated(SearchForm, fields), uploads
+
+
+async def _read_form(request: Request, what: str) -> tuple[dict[str, str], list[Upload]]:
+    """A form's text fields, as sent (an empty one too), and its `image` files."""
+    if not request.headers.get("content-type", "").startswith(FORMS):
+        raise QueryError(f"send {what} as multipart form data (curl -F image=@cxr.png).")
     async with request.form() as form:
         uploads = form.getlist("image")
-        fields = {key: value for key, value in form.items() if key != "image" and value != ""}
-        query = _validated(SearchQuery.model_validate, fields)
         if any(isinstance(upload, str) for upload in uploads):
             raise QueryError("send the image as a file (curl -F image=@cxr.png), not as text.")
-        return query, [(await upload.read(), upload.filename) for upload in uploads]
+        fields = {key: value for key, value in form.multi_items() if key != "image"}
+        return fields, [(await upload.read(), upload.filename) for upload in uploads]
+
+
+def _validated(model: type[Model], raw: Any) -> Model:
+    """The request parsed by `model`; a bad one is a 422 with each problem."""
+    try:
+        if isinstance(raw, bytes):
+            return model.model_validate_json(raw)
+        return model.model_validate(raw)
+    except ValidationError as error:
+        errors = error.errors(include_url=False, include_input=False)
+        raise RequestValidationError(
+            [{**item, "loc": ("body", *item["loc"])} for item in errors]
+        ) from None
 
 
 def _image_query(pictures: list[Image.Image]) -> dict:
@@ -219,29 +235,73 @@ def _image_query(pictures: list[Image.Image]) -> dict:
     return {"image": pictures[0] if pictures else None}
 
 
-def _validated(parse: Callable[[Any], SearchQuery], raw: Any) -> SearchQuery:
-    """Parse the body; a bad one is a 422 in FastAPI's own format."""
-    try:
-        return parse(raw)
-    except ValidationError as error:
-        errors = error.errors(include_url=False, include_input=False)
-        raise RequestValidationError(
-            [{**item, "loc": ("body", *item["loc"])} for item in errors]
-        ) from None
+def _capped(pipeline: DiagnosisPipeline, k: int | None, target: Target) -> tuple[int, int]:
+    """The k asked for (or the pipeline's), and that k capped at the vectors `target` searches
+    (the most hits there can be)."""
+    asked = k or pipeline.k
+    library = pipeline.engine.library
+    return asked, min(asked, sum(library.count(m) for m in _modalities(target)))
+
+
+def _shortfall(pipeline: DiagnosisPipeline, target: Target, k: int, hits: list[Hit]) -> str | None:
+    """Why fewer than k hits came back: the studies the searched indexes hold."""
+    if len(hits) >= k:
+        return None
+    library, modalities = pipeline.engine.library, _modalities(target)
+    studies = {
+        study_key(library.case(row))
+        for modality in modalities
+        if modality in library.indexes
+        for row in library.indexes[modality].ids()
+    }
+    return (
+        f"{len(hits)} of the {k} studies asked for: the {' and '.join(modalities)} "
+        f"{'indexes hold' if len(modalities) > 1 else 'index holds'} {len(studies)} studies "
+        "(a study's images and report are one hit)."
+    )
+
+
+def _modalities(target: Target) -> list[str]:
+    return ["reports", "images"] if target == "both" else [target]
 
 
 def _search(
-    state: ApiState, pipeline: DiagnosisPipeline, query: SearchQuery, uploads: list[Upload]
+    state: ApiState,
+    pipeline: DiagnosisPipeline,
+    query: SearchQuery | SearchForm,
+    uploads: list[Upload],
 ) -> SearchResponse:
     pictures = [state.decode(*upload) for upload in uploads]
-    k = query.k or pipeline.k
+    text, note = getattr(query, "text", None), getattr(query, "note", None)
+    asked, k = _capped(pipeline, query.k, query.target)
     with state.lock:
         hits = pipeline.engine.search(
-            **_image_query(pictures), text=query.text, note=query.note, k=k, target=query.target
+            **_image_query(pictures), text=text, note=note, k=k, target=query.target
         )
     return SearchResponse(
         kind="text" if not pictures else "image" if len(pictures) == 1 else "study",
-        k=k,
+        k=asked,
         target=query.target,
         hits=[SearchHit.of(hit) for hit in hits],
+        shortfall=_shortfall(pipeline, query.target, asked, hits),
     )
+
+
+def _diagnose(
+    state: ApiState,
+    pipeline: DiagnosisPipeline,
+    form: ImageDiagnoseForm | TextDiagnoseForm,
+    uploads: list[Upload],
+) -> dict:
+    pictures = [state.decode(*upload) for upload in uploads]
+    query = {"text": getattr(form, "text", None), "note": getattr(form, "note", None)}
+    asked, k = _capped(pipeline, form.k, form.target)
+    with state.lock:
+        diagnosis = pipeline.diagnose(
+            **_image_query(pictures), **query, k=k, target=form.target, force=form.force
+        )
+    return {
+        **diagnosis.to_dict(),
+        "hits": [SearchHit.of(hit) for hit in diagnosis.hits],
+        "shortfall": _shortfall(pipeline, form.target, asked, diagnosis.hits),
+    }

@@ -1,36 +1,187 @@
-"""The REST API's request and response bodies (pydantic), as published in its OpenAPI schema."""
+"""The REST API's request and response bodies (pydantic), as published in its OpenAPI schema.
+
+The request models are the schema: what they refuse (a 422) is what the schema forbids. Form
+fields arrive as text, never null; `k` and `force` are read as JSON scalars (`5`, `true`).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+)
 
 from medxpert.data import Case
 from medxpert.labels import CHEXPERT_LABELS, positive_labels
 from medxpert.report import StructuredReport
 from medxpert.retrieval import Hit
+from medxpert.retrieval.engine import MAX_TEXT_CHARS
 from medxpert.retrieval.export import snippet
 
 Target = Literal["reports", "images", "both"]
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("the text query is empty")
+    return text
+
+
+def _whole(value: Any) -> Any:
+    """A float with no fractional part as the integer it is (JSON Schema's integer: 5.0 is 5)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _form_scalar(value: Any) -> Any:
+    """A form field's text as the JSON number or boolean it spells, else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if isinstance(parsed, bool | int | float) else value
+
+
+def _form_schema(schema: dict[str, Any]) -> None:
+    """A form field is text or absent, never null: its schema without the null branch."""
+    for field in schema["properties"].values():
+        branches = [branch for branch in field.pop("anyOf", ()) if branch != {"type": "null"}]
+        field.update(*branches)
+        if field.get("default", "") is None:
+            del field["default"]
+
+
+QueryText = Annotated[
+    str,
+    Field(
+        max_length=MAX_TEXT_CHARS,
+        json_schema_extra={"pattern": r"\S"},
+        description="text query, e.g. 'cardiomegaly with effusion' (not blank)",
+    ),
+    AfterValidator(_not_blank),
+]
+Note = Annotated[
+    str | None,
+    Field(max_length=MAX_TEXT_CHARS, description="clinical note to go with the image(s)"),
+]
+TopK = Annotated[
+    Annotated[StrictInt, Field(ge=1)] | None,
+    BeforeValidator(_whole),
+    Field(
+        description="studies to return (default: the server's k); fewer come back when the "
+        "index holds fewer (see shortfall)"
+    ),
+]
+FormK = Annotated[TopK, BeforeValidator(_form_scalar)]
+Force = Annotated[
+    StrictBool,
+    BeforeValidator(_form_scalar),
+    Field(description="diagnose an input the input guard refuses (with a warning)"),
+]
+IMAGE_PART = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "string", "format": "binary", "minLength": 1},
+    "description": "an X-ray (PNG, JPEG or DICOM); several (the field repeated) are one study, "
+    "frontal first",
+}
+
+
+class ErrorProblem(BaseModel):
+    """One reason a request was malformed (422)."""
+
+    type: str = Field(description="e.g. missing, greater_than_equal, extra_forbidden")
+    loc: list[str | int] = Field(description='where, e.g. ["body", "k"]')
+    msg: str
+
+
 class ErrorResponse(BaseModel):
-    """Every error except FastAPI's 422 validation errors (which keep FastAPI's `detail`)."""
+    """Every error: what was wrong and its type; a 422 also lists each problem in `detail`."""
 
     error: str = Field(description="what was wrong and what to do about it")
-    type: str | None = Field(None, description="the error's class, e.g. InvalidImageError")
+    type: str = Field(description="the error's class, e.g. InvalidImageError, ValidationError")
+    detail: list[ErrorProblem] | None = Field(
+        None, description="422 validation errors only: each problem and where it is"
+    )
 
 
 class SearchQuery(BaseModel):
-    """A search: a text query (JSON), or an image with an optional note (multipart)."""
+    """A text search (JSON)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(None, description="text query, e.g. 'cardiomegaly with effusion'")
-    note: str | None = Field(None, description="clinical note added to an image query")
-    k: int | None = Field(None, ge=1, description="results to return (default: the server's k)")
+    text: QueryText
+    k: TopK = None
     target: Target = Field("reports", description="search the report index, images or both")
+
+
+class SearchForm(BaseModel):
+    """The fields of an X-ray search (multipart) besides its `image` files."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_form_schema)
+
+    note: Note = None
+    k: FormK = None
+    target: Target = Field("reports", description="search the report index, images or both")
+
+
+class ImageDiagnoseForm(BaseModel):
+    """The fields of an X-ray diagnosis (multipart) besides its `image` files."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_form_schema)
+
+    note: Note = None
+    k: FormK = None
+    target: Target = Field("both", description="indexes to search")
+    force: Force = False
+
+
+class TextDiagnoseForm(BaseModel):
+    """A diagnosis of a text query (multipart, no image)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_form_schema)
+
+    text: QueryText
+    k: FormK = None
+    target: Target = Field("both", description="indexes to search")
+    force: Force = False
+
+
+def multipart_schema(form: type[BaseModel], *, images: bool) -> dict[str, Any]:
+    """The multipart schema of `form`, with the required `image` files when `images`."""
+    schema = form.model_json_schema()
+    if images:
+        schema["properties"] = {"image": IMAGE_PART, **schema["properties"]}
+        schema["required"] = ["image", *schema.get("required", ())]
+    return schema
+
+
+def one_of(*schemas: dict[str, Any]) -> dict[str, Any]:
+    """One form that is exactly one of `schemas`: every field at the top (as multipart clients
+    read them), and each alternative as its required fields and the others forbidden."""
+    fields = {name: field for schema in schemas for name, field in schema["properties"].items()}
+    return {
+        "type": "object",
+        "properties": fields,
+        "additionalProperties": False,
+        "oneOf": [
+            {
+                "title": schema["title"],
+                "required": schema.get("required", []),
+                "properties": {name: False for name in fields if name not in schema["properties"]},
+            }
+            for schema in schemas
+        ],
+    }
 
 
 class StudyImage(BaseModel):
@@ -99,13 +250,23 @@ class SearchHit(BaseModel):
         )
 
 
+Shortfall = Annotated[
+    str | None,
+    Field(
+        description="why fewer than k hits came back (the index holds fewer studies; a "
+        "study's images and report are one hit); null when all k did"
+    ),
+]
+
+
 class SearchResponse(BaseModel):
     kind: Literal["text", "image", "study"] = Field(
         description="what the query was: a text, an image, or several images of one study"
     )
-    k: int
+    k: int = Field(description="the studies asked for (or the server's k)")
     target: Target
-    hits: list[SearchHit] = Field(description="best first")
+    hits: list[SearchHit] = Field(description="best first; at most k")
+    shortfall: Shortfall = None
 
 
 class DiagnoseResponse(BaseModel):
@@ -115,6 +276,7 @@ class DiagnoseResponse(BaseModel):
     probabilities: dict[str, float] = Field(description="CheXpert-14 observation → probability")
     zero_shot_weight: float = Field(description="weight of the caption's zero-shot probabilities")
     hits: list[SearchHit]
+    shortfall: Shortfall = None
 
 
 class CaseRecord(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medxpert.cli.common import (
     add_artifact_arguments,
@@ -16,6 +17,9 @@ from medxpert.cli.common import (
 )
 from medxpert.cli.index import library_dir
 from medxpert.config import Settings
+
+if TYPE_CHECKING:
+    from medxpert.report import StructuredReport
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -59,6 +63,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--send-image",
         action="store_true",
         help="also send the X-ray itself to the LLM (off unless you give this flag)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="diagnose an image the input guard refuses as no chest radiograph (a warning goes "
+        "into the report and triage stays routine)",
     )
     parser.add_argument(
         "--json",
@@ -105,9 +115,8 @@ def _run(args: argparse.Namespace) -> None:
         fusion=args.fusion,
     )
     for name, query in queries:
-        diagnosis = pipeline.diagnose(**query, target=args.target)
-        print(f"\n## {name}\n")
-        print(diagnosis.report.to_markdown())
+        diagnosis = pipeline.diagnose(**query, target=args.target, force=args.force)
+        print("\n" + markdown_report("##", name, diagnosis.report))
         if args.json is None:
             continue
         path = args.json if len(queries) == 1 else args.json / f"{slug(name, 80)}.json"
@@ -116,6 +125,14 @@ def _run(args: argparse.Namespace) -> None:
         if args.markdown:
             markdown = path.with_suffix(".md")
             atomic_write_text(
-                markdown, f"# MedXpert report: {name}\n\n" + diagnosis.report.to_markdown()
+                markdown, markdown_report("# MedXpert report:", name, diagnosis.report)
             )
             print(f"wrote {markdown}")
+
+
+def markdown_report(heading: str, name: str, report: StructuredReport) -> str:
+    """The report as Markdown under `heading` and the query's name (a file name or the user's
+    text, escaped like the report's own text)."""
+    from medxpert.report.schema import markdown_text
+
+    return f"{heading} {markdown_text(name)}\n\n{report.to_markdown()}"

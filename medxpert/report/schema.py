@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, Field
 
+# inline Markdown: code, emphasis, links and images, tables, strikethrough, escapes; `_` only
+# where it could open or close emphasis (not inside a word such as an id's nih_cxr14)
+INLINE = re.compile(r"[\\`*\[\]|~]|(?<![^\W_])_|_(?![^\W_])")
+# what opens a block at the start of a line: a heading, quote, list item or rule
+BLOCK_START = re.compile(r"^(?:[#>+=-]|(\d+)(?=[.)]))")
+ENTITY = re.compile(r"&(?=#?\w+;)")
 DISCLAIMER = (
     "Decision support, not a diagnosis: generated from similar prior cases by MedXpert. A "
     "qualified clinician must review the images and confirm every statement."
@@ -86,35 +94,58 @@ class StructuredReport(BaseModel):
         return " ".join(s.text for s in self.statements)
 
     def to_markdown(self) -> str:
-        """The report as Markdown, each finding followed by its citations."""
-        lines = [f"**Triage: {self.triage.level.upper()}** ({self.triage.reason})", ""]
+        """The report as Markdown, each finding followed by its citations. Every text in it
+        is escaped (`markdown_text`): it comes from reports, notes and LLMs, not from us."""
+        triage = markdown_text(self.triage.level.upper())
+        lines = [f"**Triage: {triage}** ({markdown_text(self.triage.reason)})", ""]
+        if self.warnings:  # first: an input the guard refused, statements removed
+            lines += ["### Warnings", ""] + [f"- {markdown_text(w)}" for w in self.warnings]
+            lines += [""]
         if self.caption:
-            lines += [f"*Caption:* {self.caption}", ""]
+            lines += [f"*Caption:* {markdown_text(self.caption)}", ""]
         lines += ["### Findings", ""] + [_cited(s) for s in self.findings]
         lines += ["", "### Impression", ""] + [_cited(s) for s in self.impression]
         lines += ["", "### Differential", ""]
         lines += [
-            f"- {d.condition}: {d.probability:.2f} ({len(d.supporting_case_ids)} supporting cases)"
+            f"- {markdown_text(d.condition)}: {d.probability:.2f} "
+            f"({len(d.supporting_case_ids)} supporting cases)"
             for d in self.differential
         ] or ["- none above the reporting threshold"]
         lines += ["", "### ICD-10 suggestions", ""]
         lines += [
-            f"- {c.code} {c.description} (from {c.finding}, p = {c.probability:.2f})"
+            f"- {markdown_text(f'{c.code} {c.description}')} (from {markdown_text(c.finding)}, "
+            f"p = {c.probability:.2f})"
             for c in self.icd10
         ] or ["- none"]
-        lines += ["", "### Cited studies", ""]
-        lines += [
-            f"- study {c.study_id or c.case_id} ({c.case_id}; matched: "
-            f"{'; '.join(c.matched) or f'{c.modality} {c.score:.3f}'}): {c.excerpt}"
-            for c in self.cited_cases
-        ]
-        if self.warnings:
-            lines += ["", "### Warnings", ""] + [f"- {w}" for w in self.warnings]
+        lines += ["", "### Cited studies", ""] + [_cited_study(c) for c in self.cited_cases]
         writer = self.writer + (f" ({self.model})" if self.model else "")
-        lines += ["", f"*Written by the {writer} writer. {self.disclaimer}*"]
+        lines += ["", f"*Written by the {markdown_text(writer)} writer. {self.disclaimer}*"]
         return "\n".join(lines) + "\n"
 
 
+def markdown_text(text: str) -> str:
+    """`text` as literal Markdown on one line: no heading, list, link, emphasis, code or HTML
+    it could start. Line breaks become spaces; what Markdown would read (`*`, `_` at a word's
+    edge, `[`, a leading `#` or `1.`, ...) is backslash-escaped, `<` and entities as HTML
+    entities; other characters stay as they are, so that the source stays readable."""
+    text = " ".join(text.split())
+    text = ENTITY.sub("&amp;", text).replace("<", "&lt;")
+    text = INLINE.sub(lambda match: "\\" + match.group(), text)
+    return BLOCK_START.sub(_escaped_block_start, text, 1)
+
+
+def _escaped_block_start(match: re.Match[str]) -> str:
+    """`#` as `\\#`; the number of an ordered list item, `1.`, as `1\\.`."""
+    number = match.group(1)
+    return number + "\\" if number else "\\" + match.group()
+
+
 def _cited(statement: Statement) -> str:
-    cited = statement.cited_case_ids
-    return f"- {statement.text}" + (f" [{', '.join(cited)}]" if cited else "")
+    cited = ", ".join(statement.cited_case_ids)
+    return f"- {markdown_text(statement.text)}" + (f" [{markdown_text(cited)}]" if cited else "")
+
+
+def _cited_study(case: CitedCase) -> str:
+    matched = "; ".join(case.matched) or f"{case.modality} {case.score:.3f}"
+    about = f"study {case.study_id or case.case_id} ({case.case_id}; matched: {matched})"
+    return f"- {markdown_text(about)}: {markdown_text(case.excerpt)}"
