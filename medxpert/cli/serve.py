@@ -19,6 +19,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes, each loading its own pipeline (default: 1; see docs/api.md)",
+    )
     add_artifact_arguments(parser)
     parser.add_argument("--captioner", default=None, help="labels (default) or blip")
     parser.add_argument(
@@ -53,4 +59,5 @@ def _run(args: argparse.Namespace) -> None:
         writer_options=writer_options(writer, settings, model=args.llm_model, url=args.llm_url),
         k=args.k,
         allow_no_key=args.no_api_key,
+        workers=args.workers,
     )

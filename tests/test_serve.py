@@ -1,0 +1,100 @@
+"""`medxpert serve --workers N`: real worker processes on 127.0.0.1, each answering with its
+process id in the X-MedXpert-Worker header, stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from medxpert.api.server import CONFIG_VARIABLE, WORKER_HEADER, worker_app
+from medxpert.cli import main
+from medxpert.errors import ConfigError
+from tests.builders import tiny_workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, shared_pack) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("serve")
+    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
+    return tiny_workspace(root, shared)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def wait_for_health(server: subprocess.Popen, base: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.poll() is None, server.communicate()[0]
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the server did not start in {timeout} s"
+        time.sleep(0.3)
+
+
+def search(base: str, text: str) -> httpx.Response:
+    """One request on its own connection, so that any worker may accept it."""
+    return httpx.post(f"{base}/search", json={"text": text, "k": 3}, timeout=60)
+
+
+def test_two_workers_answer_concurrent_requests_and_stop_cleanly(workspace):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    environment = {**os.environ, **workspace, "HF_HUB_OFFLINE": "1"}
+    environment.pop("MEDXPERT_API_KEY", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "medxpert", "serve", "--workers", "2", "--port", str(port)],
+        env=environment,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    workers: set[int] = set()
+    try:
+        wait_for_health(server, base)
+        deadline = time.monotonic() + 40
+        with ThreadPoolExecutor(8) as pool:
+            while len(workers) < 2 and time.monotonic() < deadline:
+                texts = [f"pleural effusion {i}" for i in range(16)]
+                for answer in pool.map(lambda text: search(base, text), texts):
+                    assert answer.status_code == 200 and len(answer.json()["hits"]) == 3
+                    workers.add(int(answer.headers[WORKER_HEADER]))
+        assert len(workers) == 2, f"only worker {workers} answered"
+        assert {parent_of(pid) for pid in workers} == {server.pid}
+    finally:
+        server.send_signal(signal.SIGINT)
+        output = server.communicate(timeout=30)[0]
+    assert server.returncode == 0, output
+    assert "Traceback" not in output and "Stopping parent process" in output
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the server"
+
+
+def test_workers_must_be_positive_and_worker_app_needs_its_configuration(monkeypatch, capsys):
+    assert main(["serve", "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    monkeypatch.delenv(CONFIG_VARIABLE, raising=False)
+    with pytest.raises(ConfigError, match=CONFIG_VARIABLE):
+        worker_app()
