@@ -1,8 +1,7 @@
 """The Gemini writer against a server of our own on 127.0.0.1 that answers in the Gemini
 `generateContent` REST format: a good answer, an unfaithful one, malformed JSON, a schema
 violation, 429 then success, a timeout, no key; what is sent (the offline draft and its
-evidence, de-identified, no image unless opted in); the key never logged. And
-de-identification itself."""
+evidence, de-identified, no image unless opted in); the key never logged."""
 
 from __future__ import annotations
 
@@ -23,14 +22,14 @@ KEY = "test-key-not-a-secret-4711"
 NOTE = "Seen by Dr. Jane Smith on 03/14/2024, MRN 12345678, jane@example.org. Fever, cough."
 DRAFT = {
     "findings": [
-        {"text": "Large left pleural effusion.", "cited_case_ids": ["a", "ghost"]},
+        {"text": "Large left pleural effusion.", "cited_case_ids": ["S1", "ghost"]},
     ],
-    "impression": [{"text": "Left pleural effusion.", "cited_case_ids": ["a"]}],
+    "impression": [{"text": "Left pleural effusion.", "cited_case_ids": ["S1"]}],
 }
 UNFAITHFUL = {
     "findings": [
         *DRAFT["findings"],
-        {"text": "Large right pneumothorax.", "cited_case_ids": ["a"]},
+        {"text": "Large right pneumothorax.", "cited_case_ids": ["S1"]},
         {"text": "Heart size is normal.", "cited_case_ids": []},
     ],
     "impression": DRAFT["impression"],
@@ -127,7 +126,7 @@ def test_a_good_answer_becomes_the_report(server, context, caplog):
     assert report.writer == "gemini" and report.model == "gemini-test"
     assert report.findings_text == "Large left pleural effusion."
     assert report.impression_text == "Left pleural effusion."
-    assert report.findings[0].cited_case_ids == ["a"]  # "ghost" was never retrieved
+    assert report.findings[0].cited_case_ids == ["a"]  # S1; "ghost" was never retrieved
     assert any("ghost" in w for w in report.warnings)
     offline = OfflineWriter().write(context)
     assert report.icd10 == offline.icd10 and report.triage == offline.triage
@@ -144,6 +143,7 @@ def test_a_good_answer_becomes_the_report(server, context, caplog):
     prompt = json.loads(json.loads(body)["contents"][0]["parts"][0]["text"])
     drafted = [s.text for s in offline.findings]
     assert [s["text"] for s in prompt["draft"]["findings"]] == [deidentify(t) for t in drafted]
+    assert [c["case_id"] for c in prompt["retrieved_cases"]] == ["S1", "S2"]
     assert prompt["reporting_thresholds"]["Pleural Effusion"] == 0.5
     assert prompt["supported_findings"]["as a fact"] == ["Pleural Effusion"]
     assert KEY not in caplog.text and KEY not in repr(writer(server))
@@ -202,33 +202,6 @@ def test_no_key_means_no_request(server, context, monkeypatch):
     report = GeminiWriter("gemini-test", base_url=server).write(context)
     assert report.writer == "offline" and "no API key" in report.warnings[-1]
     assert FakeGemini.requests == []
-
-
-def test_deidentify():
-    text = (
-        "Seen by Dr. Jane Smith on 03/14/2024 and Jan 5, 2023. MRN: 12345678. Call "
-        "(617) 555-0199 or jane.smith@example.org. Patient: John Doe, fever 38.5 C, "
-        "2 cm nodule. Follow-up 2021-11-04, see https://example.org/x."
-    )
-    clean = deidentify(text)
-    for identifier in (
-        "Jane",
-        "Smith",
-        "03/14/2024",
-        "Jan 5",
-        "12345678",
-        "555-0199",
-        "jane.smith",
-        "John",
-        "2021-11-04",
-        "https://",
-    ):
-        assert identifier not in clean, identifier
-    assert "38.5 C" in clean and "2 cm nodule" in clean
-    assert deidentify("") == "" and deidentify(None) == ""
-    # words that begin like an identifier's label are not identifiers
-    kept = "No acute abnormality identified. The record shows an idiopathic change."
-    assert deidentify(kept) == kept
 
 
 def test_writer_registry():

@@ -81,7 +81,8 @@ def assert_faithful(report: StructuredReport, context: ReportContext) -> None:
             if value == 1 and label != "No Finding":
                 assert context.stated(label), f"unsupported {label}: {statement}"
                 assert cited & set(context.vote.evidence[label]), f"{label} not cited: {statement}"
-    assert "XXXX" not in report.to_markdown().split("### Cited studies")[0]
+    body = report.to_markdown().split("### Findings")[1]  # the warnings, first, may quote XXXX
+    assert "XXXX" not in body.split("### Cited studies")[0]
 
 
 def assert_fallback(report: StructuredReport, offline: StructuredReport, why: str) -> None:
@@ -111,7 +112,7 @@ def test_a_faithful_answer_becomes_the_report(context, offline, monkeypatch):
     schema = body["response_format"]
     assert schema["type"] == "json_schema" and schema["json_schema"]["strict"] is True
     case_id = schema["json_schema"]["schema"]["properties"]["findings"]["items"]
-    assert case_id["properties"]["cited_case_ids"]["items"]["enum"] == ["a", "b", "c"]
+    assert case_id["properties"]["cited_case_ids"]["items"]["enum"] == ["S1", "S2", "S3"]
     raw = request["raw"]
     for identifier in ("Jane", "Smith", "03/14/2024", "12345678", "jane@example.org"):
         assert identifier not in raw, identifier
@@ -119,11 +120,44 @@ def test_a_faithful_answer_becomes_the_report(context, offline, monkeypatch):
     system, user = body["messages"]
     assert system["role"] == "system" and "JSON" in system["content"]
     prompt = json.loads(user["content"])
-    assert prompt["draft"]["findings"] == [s.model_dump() for s in offline.findings]
+    names = {"a": "S1", "b": "S2", "c": "S3"}  # the studies' pseudonyms, in rank order
+    assert prompt["draft"]["findings"] == [
+        {"text": s.text, "cited_case_ids": [names[c] for c in s.cited_case_ids]}
+        for s in offline.findings
+    ]
     assert prompt["reporting_thresholds"]["Pleural Effusion"] == 0.5
     assert prompt["supported_findings"]["as a fact"] == ["Pleural Effusion"]
-    assert prompt["positive_case_ids"]["Pleural Effusion"] == ["a", "b"]
-    assert [c["case_id"] for c in prompt["retrieved_cases"]] == ["a", "b", "c"]
+    assert prompt["positive_case_ids"]["Pleural Effusion"] == ["S1", "S2"]
+    assert [c["case_id"] for c in prompt["retrieved_cases"]] == ["S1", "S2", "S3"]
+    assert all("study_id" not in c for c in prompt["retrieved_cases"])
+
+
+REAL_IDS = ("nih_cxr14:00028016_000", "iu_xray:CXR1234_IM-0123-1001")
+
+
+def test_source_identifiers_never_leave_the_machine():
+    """The server sees pseudonyms only; the report cites the real case ids."""
+    hits = [
+        report_hit(
+            case_id,
+            0.9 - rank / 100,
+            f"Large left pleural effusion, as on {case_id.split(':')[1]}. No pneumothorax.",
+            {"Pleural Effusion": 1, "Pneumothorax": 0},
+            rank=rank + 1,
+            impression="Left pleural effusion.",
+        )
+        for rank, case_id in enumerate(REAL_IDS)
+    ]
+    context = ReportContext.from_hits(hits, note=f"Compare {REAL_IDS[1]}.", has_image=False)
+    with LoopbackLLM("faithful") as llm:
+        report = writer(llm.url).write(context)
+    raw = llm.requests[0]["raw"]
+    for identifier in (*REAL_IDS, "00028016", "CXR1234", "IM-0123-1001"):
+        assert identifier not in raw, identifier
+    assert report.writer == "openai-compatible" and report.statements
+    cited = {c for s in report.statements for c in s.cited_case_ids}
+    assert cited and cited <= set(REAL_IDS)
+    assert {c.case_id for c in report.cited_cases} == cited
 
 
 def test_unfaithful_sentences_are_removed_with_a_warning_each(context, offline):

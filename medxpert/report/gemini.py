@@ -2,10 +2,11 @@
 `google-generativeai`).
 
 What leaves the machine: the offline writer's draft, the caption, the pathology probabilities
-and thresholds, de-identified excerpts of the retrieved reports with their case ids, and the
-de-identified clinical note (`report.llm.evidence_prompt`). Never the image, unless the user
-opts in (`send_image=True`). The key comes from GEMINI_API_KEY or GOOGLE_API_KEY and is never
-logged.
+and thresholds, de-identified excerpts of the retrieved reports under pseudonyms ("S1", "S2",
+...; never the case or study ids), and the de-identified clinical note
+(`report.llm.evidence_prompt`). Never the image, unless the user opts in (`send_image=True`):
+then only its pixels, re-encoded as a PNG. The key comes from GEMINI_API_KEY or GOOGLE_API_KEY
+and is never logged.
 
 Gemini rewrites the draft's findings and impression as JSON against a response schema; the
 faithfulness check reads the result, and any failure returns the offline report with a

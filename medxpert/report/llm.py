@@ -4,12 +4,15 @@ Both start from the offline writer's report: the model gets its findings and imp
 their citations, and the evidence behind them (the retrieved studies with de-identified
 excerpts of their reports, the pathology probabilities, each finding's reporting threshold and
 the findings the evidence supports), and is asked to rewrite the draft, citing only the given
-case ids. Its answer (JSON, `Draft`) replaces the draft's findings and impression; the
-differential, ICD-10 suggestions and triage stay computed. The faithfulness check
-(`report.faithfulness.enforce`) then reads the result again: each statement it removes is a
-warning, and when it leaves the findings or the impression empty, or the model could not be
-used at all (no server, timeout, HTTP errors after the retries, malformed JSON, a schema
-violation), the report is the offline writer's, with a warning that says why.
+case ids. Those are pseudonyms ("S1", "S2", ... in rank order, `Pseudonyms`): the real case and
+study ids embed source patient numbers and never leave the machine; the answer's citations are
+mapped back, and one the map does not know is dropped with a warning. The answer (JSON,
+`Draft`) replaces the draft's findings and impression; the differential, ICD-10 suggestions and
+triage stay computed. The faithfulness check (`report.faithfulness.enforce`) then reads the
+result again: each statement it removes is a warning, and when it leaves the findings or the
+impression empty, or the model could not be used at all (no server, timeout, HTTP errors after
+the retries, malformed JSON, a schema violation), the report is the offline writer's, with a
+warning that says why.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
@@ -67,10 +71,68 @@ class LLMError(Exception):
     """Why the model's report could not be used (shown to the user as a warning)."""
 
 
+@dataclass(frozen=True)
+class Pseudonyms:
+    """The names the model knows the retrieved studies by: "S1", "S2", ... in rank order."""
+
+    real: dict[str, str]  # pseudonym → case id
+    hidden: tuple[tuple[str, str], ...]  # (source identifier, pseudonym), longest first
+
+    @classmethod
+    def of(cls, context: ReportContext) -> Pseudonyms:
+        real = {f"S{i}": hit.case.case_id for i, hit in enumerate(context.hits, start=1)}
+        names = {}
+        for name, hit in zip(real, context.hits, strict=True):
+            for identifier in (hit.case.case_id, hit.study_id, hit.case.patient_id):
+                if identifier and len(identifier) >= 4:  # an id that cannot be a word
+                    names.setdefault(identifier, name)
+                    names.setdefault(identifier.split(":", 1)[-1], name)
+        hidden = tuple(sorted(names.items(), key=lambda item: -len(item[0])))
+        return cls(real, hidden)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.real)
+
+    def of_ids(self, case_ids: Iterable[str]) -> list[str]:
+        """The pseudonyms of `case_ids` (ids that were not retrieved left out)."""
+        names = {case_id: name for name, case_id in self.real.items()}
+        return [names[c] for c in case_ids if c in names]
+
+    def hide(self, text: str | None) -> str | None:
+        """`text` with any source identifier of a retrieved study replaced by its pseudonym."""
+        for identifier, name in self.hidden:
+            if text and identifier in text:
+                text = text.replace(identifier, name)
+        return text
+
+    def restore(self, draft: Draft) -> tuple[Draft, list[str]]:
+        """`draft` citing the real case ids, and a warning for the citations the map does
+        not know (the model invented them)."""
+        unknown = sorted(
+            {c for s in draft.findings + draft.impression for c in s.cited_case_ids}
+            - set(self.real)
+        )
+        sections = {
+            name: [
+                Statement(
+                    text=s.text,
+                    cited_case_ids=[self.real[c] for c in s.cited_case_ids if c in self.real],
+                )
+                for s in getattr(draft, name)
+            ]
+            for name in SECTIONS
+        }
+        warnings = (
+            [f"Dropped citations of studies that were not retrieved: {unknown}."] if unknown else []
+        )
+        return Draft(**sections), warnings
+
+
 def draft_schema(context: ReportContext) -> dict:
     """`Draft` as a strict JSON schema (every property required, no others), the citations
-    limited to the retrieved case ids."""
-    case_ids = [hit.case.case_id for hit in context.hits]
+    limited to the retrieved studies' pseudonyms."""
+    case_ids = Pseudonyms.of(context).names
     case_id: dict = {"type": "string"} | ({"enum": case_ids} if case_ids else {})
     statement = {
         "type": "object",
@@ -90,15 +152,21 @@ def draft_schema(context: ReportContext) -> dict:
 
 
 def evidence_prompt(context: ReportContext, draft: StructuredReport) -> str:
-    """The draft and its evidence as a JSON document; every free text in it is de-identified."""
+    """The draft and its evidence as a JSON document; every free text in it is de-identified,
+    and the studies go by their pseudonyms."""
+    pseudonyms = Pseudonyms.of(context)
+
+    def clean(text: str | None) -> str | None:
+        return pseudonyms.hide(deidentify(text)) or None
+
     p, evidence = context.vote.probabilities, context.vote.evidence
     findings = sorted(context.thresholds, key=lambda label: -p[label])
     document = {
         "query": "chest X-ray" + (" with a clinical note" if context.note else "")
         if context.has_image
         else "text query",
-        "text_query": deidentify(context.query_text) or None,
-        "clinical_note": deidentify(context.note) or None,
+        "text_query": clean(context.query_text),
+        "clinical_note": clean(context.note),
         "caption": context.caption.text if context.caption else None,
         "pathology_probabilities": {label: round(p[label], 3) for label in p},
         "reporting_thresholds": {label: context.thresholds[label] for label in findings},
@@ -106,25 +174,23 @@ def evidence_prompt(context: ReportContext, draft: StructuredReport) -> str:
             "as a fact": [label for label in findings if context.stated(label)],
             "as a possibility": [label for label in findings if context.possible(label)],
         },
-        "positive_case_ids": {label: list(evidence[label]) for label in p if evidence[label]},
+        "positive_case_ids": {
+            label: pseudonyms.of_ids(evidence[label]) for label in p if evidence[label]
+        },
         "retrieved_cases": [
             {
-                "case_id": hit.case.case_id,
-                "study_id": hit.study_id,
+                "case_id": name,
                 "rank": hit.rank,
                 "similarity": round(hit.cosine, 3),
                 "index": hit.modality,
                 "matched": [match.describe() for match in hit.evidence],
-                "report_excerpt": deidentify(
-                    " ".join(hit.case.text(SECTIONS).split())[:EXCERPT_CHARS]
-                )
-                or None,
+                "report_excerpt": clean(" ".join(hit.case.text(SECTIONS).split())[:EXCERPT_CHARS]),
             }
-            for hit in context.hits
+            for name, hit in zip(pseudonyms.names, context.hits, strict=True)
         ],
         "draft": {
             name: [
-                {"text": deidentify(s.text), "cited_case_ids": list(s.cited_case_ids)}
+                {"text": clean(s.text) or "", "cited_case_ids": pseudonyms.of_ids(s.cited_case_ids)}
                 for s in getattr(draft, name)
             ]
             for name in SECTIONS
@@ -206,14 +272,17 @@ class LLMWriter:
 def apply_draft(
     draft: Draft, offline: StructuredReport, context: ReportContext, writer: LLMWriter
 ) -> StructuredReport:
-    """`offline` with the draft's findings and impression, read by the faithfulness check;
-    `offline` itself (with the removals as warnings) when the check leaves a section empty."""
+    """`offline` with the draft's findings and impression (its pseudonyms mapped back to the
+    case ids), read by the faithfulness check; `offline` itself (with the removals as
+    warnings) when the check leaves a section empty."""
+    draft, dropped = Pseudonyms.of(context).restore(draft)
     written = offline.model_copy(
         update={
             "findings": draft.findings,
             "impression": draft.impression,
             "writer": writer.name,
             "model": writer.model,
+            "warnings": [*offline.warnings, *dropped],
         }
     )
     report = enforce(written, context)

@@ -5,9 +5,9 @@ vLLM, llama.cpp's server, LM Studio), through the official `openai` client.
 
 Nothing leaves the machine unless the URL points elsewhere: a host that is not loopback or
 private is warned about once per process. What the server gets is what Gemini gets
-(`report.llm.evidence_prompt`: de-identified text only), and the X-ray only with
-`send_image=True`. A key, when the server wants one, comes from the `api_key` argument or
-MEDXPERT_LLM_API_KEY, and is never logged.
+(`report.llm.evidence_prompt`: de-identified text, the studies under pseudonyms), and the X-ray
+only with `send_image=True` (its pixels as a PNG). A key, when the server wants one, comes from
+the `api_key` argument or MEDXPERT_LLM_API_KEY, and is never logged.
 
 Structured output: the request asks for a strict JSON schema of the draft; a server that
 rejects that (HTTP 400 / 422) is asked for a JSON object, then for plain text, and the writer
