@@ -144,7 +144,7 @@ def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(env, reference, n
     assert not at.exception
     assert len(at.error) == 1 and message in at.error[0].value
     assert "Result for" not in shown(at)
-    dicom = dicom_bytes(gradient(64, 64, 0, 4000, np.uint16))
+    dicom = dicom_bytes(gradient(160, 192, 0, 4000, np.uint16))
     at.file_uploader(key="upload").set_value(("chest.dcm", dicom, "application/dicom"))
     diagnose(at)
     assert_shows(at, reference.diagnose(image=dicom, k=10, target="both"))

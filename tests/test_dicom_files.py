@@ -103,6 +103,7 @@ def test_a_dataset_behind_a_stray_byte_is_named_as_such():
 @pytest.mark.parametrize("name", ["JPEG-lossy.dcm", "JPEG2000-embedded-sequence-delimiter.dcm"])
 def test_an_undecodable_file_logs_nothing_above_debug(name, caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="medxpert")  # the CLI's tests set it to INFO
     with pytest.raises(InvalidImageError, match="could not be decoded") as caught:
         open_image(get_testdata_file(name))
     assert "Convert it to PNG" in str(caught.value)
