@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from medxpert.caption import Caption, make_captioner
-from medxpert.data.images import ImageSource, open_image
+from medxpert.data.images import ImageSource, dicom_header, open_image
 from medxpert.data.study import study_key
 from medxpert.errors import InputRefusedError, QueryError
 from medxpert.guard import OVERRIDE, InputGuard, describe_problems
@@ -159,8 +159,9 @@ class DiagnosisPipeline:
             f"forced; the report may describe no chest X-ray. {line}"
             for line in context.guard_warnings
         ]
+        not_sent = [context.image_not_sent] if context.image_not_sent else []
         report = report.model_copy(
-            update={"timings_ms": timings, "warnings": [*overridden, *report.warnings]}
+            update={"timings_ms": timings, "warnings": [*overridden, *not_sent, *report.warnings]}
         )
         return Diagnosis(
             report,
@@ -240,11 +241,25 @@ class DiagnosisPipeline:
                 query_text=text,
                 note=note,
                 has_image=bool(pictures),
-                image_png=_png(pictures[0]) if pictures and self._may_send_image else None,
+                **self._image_to_send(pictures[0] if pictures else None),
                 thresholds=self.thresholds,
                 phrasing=self.phrasing,
                 guard_warnings=describe_problems(problems, names) if pictures else (),
             )
+
+    def _image_to_send(self, picture: Image.Image | None) -> dict:
+        """The query image as PNG pixels for a writer the user let send it; none, and why,
+        when its DICOM header says text is burned into the pixels (names, dates, ids)."""
+        if picture is None or not self._may_send_image:
+            return {}
+        header = dicom_header(picture)
+        if header is not None and header.burned_in_annotation == "YES":
+            return {
+                "image_not_sent": "The X-ray was not sent to the LLM: its DICOM header says "
+                "text is burned into its pixels (BurnedInAnnotation YES); the report was "
+                "written from text alone."
+            }
+        return {"image_png": _png(picture)}
 
     @staticmethod
     def _check(problems: list[list[str]], names: list[str], force: bool) -> None:

@@ -227,3 +227,33 @@ def test_hits_and_citations_name_studies_with_their_evidence(pipeline):
     cited = report.cited_cases[0]
     assert (cited.case_id, cited.study_id, cited.matched) == ("a", "a", ["report 0.900 (#1)"])
     assert "- study a (a; matched: report 0.900 (#1))" in report.to_markdown()
+
+
+@pytest.mark.parametrize(("burned_in", "sent"), [("YES", False), ("NO", True)])
+def test_an_image_with_burned_in_text_is_never_sent(pipeline, burned_in, sent):
+    """With --send-image the LLM gets the X-ray's pixels, unless its DICOM header says text
+    is burned into them: then the report is written from text alone, and says so."""
+    import io
+
+    import pydicom
+
+    from medxpert.report import OpenAICompatibleWriter
+    from tests.builders import dicom_bytes
+    from tests.openai_loopback import MODEL, LoopbackLLM
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(gradient(dtype=np.uint16) * 16)))
+    dataset.BurnedInAnnotation = burned_in
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    with LoopbackLLM("faithful") as llm:
+        writer = OpenAICompatibleWriter(llm.url, MODEL, retries=0, send_image=True)
+        sending = DiagnosisPipeline(pipeline.engine, pipeline.captioner, writer, k=5)
+        report = sending.diagnose(image=buffer.getvalue()).report
+    parts = [
+        part
+        for message in llm.requests[0]["body"]["messages"]
+        if isinstance(message["content"], list)
+        for part in message["content"]
+    ]
+    assert any(part.get("type") == "image_url" for part in parts) is sent
+    assert any("not sent to the LLM" in w for w in report.warnings) is not sent

@@ -40,6 +40,7 @@ class ReportContext:
     phrasing: Mapping[str, int] = field(default_factory=dict)  # sentence → count in the library
     # Why the input guard refused the query image, when `force` made it diagnose anyway.
     guard_warnings: Sequence[str] = ()
+    image_not_sent: str | None = None  # why a writer allowed to send the image did not get it
 
     def stated(self, label: str) -> bool:
         """The evidence supports `label` as a fact."""
@@ -64,7 +65,8 @@ class ReportContext:
         """The vote of `hits` (blended at `zero_shot_weight` with the caption's zero-shot
         probabilities, when the caption has them), its ICD-10 suggestions and triage (never
         above routine for an input the guard flagged); `query` fills the rest (caption,
-        query_text, note, has_image, image_png, thresholds, phrasing, guard_warnings)."""
+        query_text, note, has_image, image_png, image_not_sent, thresholds, phrasing,
+        guard_warnings)."""
         vote = label_probabilities(hits)
         caption = query.get("caption")
         if isinstance(caption, Caption) and caption.probabilities:
