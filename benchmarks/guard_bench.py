@@ -82,21 +82,36 @@ def header_less(image: Image.Image) -> Image.Image:
     return open_image(buffer.getvalue())
 
 
-def verdicts(guard: InputGuard, engine: SearchEngine, images: list[Image.Image]) -> list[dict]:
-    """Per image: which checks flag it (header, pixels, embedding)."""
-    vectors = (
-        engine.encoder.encode_images(images, progress=False)
-        if images
-        else np.zeros((0, 1), np.float32)
-    )
+class CosineBaseline:
+    """The obvious embedding check, for comparison: refuse an image whose nearest library
+    train image is less similar (cosine) than that of all but 0.5% of the val images."""
+
+    def __init__(self, engine: SearchEngine) -> None:
+        self.train, _ = engine.library.image_vectors(splits=["train"])
+        val, _ = engine.library.image_vectors(splits=["val"])
+        self.threshold = float(np.quantile(self.nearest(val), 0.005))
+
+    def nearest(self, vectors: np.ndarray) -> np.ndarray:
+        return (vectors @ self.train.T).max(axis=1)
+
+    def flags(self, vectors: np.ndarray) -> list[bool]:
+        return [bool(s < self.threshold) for s in self.nearest(vectors)]
+
+
+def verdicts(
+    guard: InputGuard, baseline: CosineBaseline, engine: SearchEngine, images: list[Image.Image]
+) -> list[dict]:
+    """Per image: which checks flag it (header, pixels, embedding), and the cosine baseline."""
+    vectors = engine.encoder.encode_images(images, progress=False)
     embedding = guard.vector_problems(vectors)
     return [
         {
             "header": bool(header_problems(dicom_header(image))),
             "pixels": bool(pixel_problems(image)),
             "embedding": bool(flagged),
+            "cosine_baseline": cosine,
         }
-        for image, flagged in zip(images, embedding, strict=True)
+        for image, flagged, cosine in zip(images, embedding, baseline.flags(vectors), strict=True)
     ]
 
 
@@ -117,7 +132,15 @@ def summary(rows: list[dict]) -> dict:
         "refused": refused,
         "share_refused": round(refused / count, 4) if count else None,
         "by_check": dict(by_check),
+        "embedding_check_alone": _share(rows, "embedding"),
+        "cosine_baseline_alone": _share(rows, "cosine_baseline"),
     }
+
+
+def _share(rows: list[dict], key: str) -> float | None:
+    """The share of the encoded rows (those that decoded) that `key` flags."""
+    encoded = [row[key] for row in rows if key in row]
+    return round(float(np.mean(encoded)), 4) if encoded else None
 
 
 def main() -> None:
@@ -130,6 +153,7 @@ def main() -> None:
 
     engine = SearchEngine.from_artifacts(args.model, args.index, device=settings.device)
     guard = InputGuard.for_library(engine.library, args.index, engine.encoder.fingerprint())
+    baseline = CosineBaseline(engine)
 
     dicom_rows, readable, names = [], [], []
     for path in pydicom_files():
@@ -140,14 +164,14 @@ def main() -> None:
             continue
         readable.append(image)
         names.append(path.name)
-    for name, row in zip(names, verdicts(guard, engine, readable), strict=True):
+    for name, row in zip(names, verdicts(guard, baseline, engine, readable), strict=True):
         dicom_rows.append({"file": name, **row})
-    stripped = verdicts(guard, engine, [header_less(image) for image in readable])
+    stripped = verdicts(guard, baseline, engine, [header_less(image) for image in readable])
     pictures = photographs()
     picture_rows = [
         {"file": name, **row}
         for name, row in zip(
-            pictures, verdicts(guard, engine, list(pictures.values())), strict=True
+            pictures, verdicts(guard, baseline, engine, list(pictures.values())), strict=True
         )
     ]
 
@@ -159,7 +183,7 @@ def main() -> None:
             batch = cases[start : start + 64]
             for case, row in zip(
                 batch,
-                verdicts(guard, engine, [open_image(c.image_path) for c in batch]),
+                verdicts(guard, baseline, engine, [open_image(c.image_path) for c in batch]),
                 strict=True,
             ):
                 rows.append({"case_id": case.case_id, **row})

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -241,6 +242,7 @@ def summarize(
         "workers": server.workers,
         "requests": len(requests),
         "errors": sum(r["status"] != 200 for r in requests),
+        "errors_by_status": dict(Counter(str(r["status"]) for r in requests if r["status"] != 200)),
         "seconds": round(elapsed, 1),
         "requests_per_s": round(len(requests) / elapsed, 2),
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
@@ -273,8 +275,10 @@ def table(runs: list[dict]) -> str:
         pss = ", ".join(f"{run['memory_after_mb'][p]['pss']:.0f}" for p in pids)
         kinds = " / ".join(f"{run['p50_ms_by_kind'][k]:.0f}" for k in KINDS)
         answered = ", ".join(str(n) for n in run["answered_by"].values())
+        statuses = ", ".join(f"{n}× {s}" for s, n in run["errors_by_status"].items())
+        errors = f"{run['errors']} ({statuses})" if statuses else "0"
         lines.append(
-            f"| {run['workers']} | {run['requests']} | {run['errors']} | "
+            f"| {run['workers']} | {run['requests']} | {errors} | "
             f"{run['requests_per_s']:.2f} | {run['p50_ms']:.0f} | {run['p95_ms']:.0f} | {kinds} | "
             f"{answered} | {rss} | {pss} | {run['pss_total_mb']:.0f} | "
             f"{'yes' if run['index_memory_mapped'] else 'no'} |"

@@ -32,7 +32,10 @@ from medxpert.index import CaseLibrary
 
 logger = logging.getLogger(__name__)
 
-OVERRIDE = "pass --force (API: force=true) to diagnose it anyway, with a warning in the report"
+OVERRIDE = (
+    "pass --force (API: force=true; UI: tick “Diagnose even if the input guard refuses it”) to "
+    "diagnose it anyway, with a warning in the report"
+)
 
 
 @dataclass(frozen=True)
