@@ -1,12 +1,17 @@
 """De-identification recall per HIPAA Safe Harbor category, and clinical content kept:
 `report.deid.deidentify` (Presidio + our rules) against the old hand-written rules.
 
-    .venv/bin/python benchmarks/phi_bench.py [--notes 1400] [--seed 13]
+    .venv/bin/python benchmarks/phi_bench.py [--notes 1900] [--seed 2027 13]
 
 Notes: two to four real report sentences of the IU X-ray pack (findings + impression, with
 no `XXXX` token), and one inserted sentence that carries an identifier, made from a seeded
 random template of its category. Names come from lists here (not the detector's), in Title,
-lower or UPPER case: the whole inserted sentence is re-cased, as a sloppy note would be.
+lower or UPPER case: the whole inserted sentence is re-cased, as a sloppy note would be. The
+detector knows the US Census 1990 name lists; most names of `FIRST` / `LAST` are on them, none
+of `OTHER_FIRST` / `OTHER_LAST` (checked against the lists once, when they were written), which
+measure the names the gazetteer cannot know: category "name (untitled, outside census)".
+Tuning: the rules were refined on the notes of seed 13 (`TUNED_SEED`); each `--seed` is run in
+turn, the first (2027 by default, not looked at while tuning) is the headline.
 
 An identifier counts as caught when none of its alphanumeric characters survives: each of
 its word pieces (letters and digits) is absent from the de-identified note, unless that
@@ -113,7 +118,20 @@ MONTHS_TEXT = (
 )
 
 
+# Names of other origins, none on the census lists (written before the gazetteer was tried).
+OTHER_FIRST_TEXT = """
+Oluwaseun Babatunde Kwabena Akosua Adaeze Ifeoma Chidi Emeka Nnamdi Folake Wanjiru Thandiwe
+Zanele Themba Nomvula Siddharth Ananya Ishaan Kavya Aditi Anirudh Haruto Riku Takumi Ayaka
+Xiaoming Zhiwei Haoran Wenjing Agnieszka Grzegorz Niamh Aoife Oisin Ruairi Saoirse Aurelien
+Maelle Gwenael Eirikur Khadija Zainab Parisa Shirin Kaveh Behnaz
+"""
+OTHER_LAST_TEXT = """
+Oyelaran Adebayo Chukwuma Kamau Otieno Njoroge Achieng Mwangi Venkatesh Raghunathan Nasrallah
+Farouk Farhadi Oyelowo Adeyemi Okonkwo Nwosu Uzoma Lindqvist Bjornsson Sigurdardottir
+Thorsdottir Oberhauser
+"""
 FIRST, LAST, STREETS = FIRST_TEXT.split(), LAST_TEXT.split(), STREETS_TEXT.split()
+OTHER_FIRST, OTHER_LAST = OTHER_FIRST_TEXT.split(), OTHER_LAST_TEXT.split()
 SUFFIXES, CITIES, STATES = SUFFIXES_TEXT.split(), CITIES_TEXT.split(), STATES_TEXT.split()
 MONTHS = MONTHS_TEXT.split()
 
@@ -156,6 +174,9 @@ CATEGORIES = {
         lambda n: (f"{r.choice(['Dr.', 'Dr', 'Mr.', 'Mrs.', 'Ms.', 'Doctor'])} {n}", n)
     )(r.choice([_person(r), r.choice(LAST)])),
     "name (untitled)": lambda r: (lambda n: (n, n))(_person(r)),
+    "name (untitled, outside census)": lambda r: (lambda n: (n, n))(
+        f"{r.choice(OTHER_FIRST)} {r.choice(OTHER_LAST)}"
+    ),
     "street address": lambda r: (lambda a: (a, a))(
         f"{r.randint(1, 9999)} {r.choice(STREETS)} {r.choice(SUFFIXES)}"
     ),
@@ -291,26 +312,36 @@ def _removed_chars(original: str, kept: str) -> int:
     return len(original) - sum(block.size for block in matcher.get_matching_blocks())
 
 
+TUNED_SEED = 13
+
+
+def run(seed: int, count: int, labeler) -> dict:
+    notes = make_notes(count, seed)
+    return {
+        "seed": seed,
+        "tuned_on": seed == TUNED_SEED,
+        "notes": len(notes),
+        "functions": [
+            evaluate("deidentify (Presidio + rules)", deidentify, notes, labeler),
+            evaluate("old rules", old_deidentify, notes, labeler),
+        ],
+    }
+
+
 def main() -> None:
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--notes", type=int, default=100 * len(CATEGORIES) + 100)
-    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--seed", type=int, nargs="+", default=[2027, TUNED_SEED])
     parser.add_argument("--out", default=settings.results_dir / "phi_bench.json")
     args = parser.parse_args()
-    notes = make_notes(args.notes, args.seed)
     labeler = default_labeler()
     deidentify("warm up the engine")
     results = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
-        "notes": len(notes),
-        "seed": args.seed,
-        "functions": [
-            evaluate("deidentify (Presidio + rules)", deidentify, notes, labeler),
-            evaluate("old rules", old_deidentify, notes, labeler),
-        ],
+        "runs": [run(seed, args.notes, labeler) for seed in args.seed],
     }
     atomic_write_json(args.out, results)
     print(json.dumps(results, indent=1, ensure_ascii=False))

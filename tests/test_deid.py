@@ -97,9 +97,46 @@ def test_clinical_text_is_kept():
     assert deidentify("") == "" and deidentify(None) == ""
 
 
+@pytest.mark.parametrize(
+    ("text", "identifiers"),
+    [
+        ("No change. mary jones noted today.", ("mary", "jones")),
+        ("NO CHANGE. JOHN BROWN NOTED TODAY.", ("JOHN", "BROWN")),
+        ("Information given to Sofia Garcia.", ("Sofia", "Garcia")),
+        ("reference mary ann white for the chart.", ("mary", "ann", "white")),
+        ("seen by sofia.", ("sofia",)),
+        ("DISCUSSED WITH GRACE HILL AT THE BEDSIDE.", ("GRACE", "HILL")),
+    ],
+)
+def test_census_names_in_any_case(text, identifiers):
+    assert_removed(text, *identifiers, placeholder="[NAME]")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A mass in the right upper lobe.",
+        "No white cell count available.",
+        "Bell-shaped chest.",
+        "Young patient with cough.",
+        "young white male with chest pain.",
+        "YOUNG BLACK FEMALE, SHORT OF BREATH.",
+        "Hope for improvement on the next film.",
+        "Heart size is normal; the hilum is not enlarged, the long lung fields are clear.",
+        "There is frank pus at the drain site.",
+        "The brain and chin are excluded; vena cava catheter in place.",
+        "Discussed with young patient.",
+    ],
+)
+def test_clinical_words_that_are_census_names_stay(text):
+    assert deidentify(text) == text
+    assert not has_identifier(text)
+
+
 def test_the_cheap_path_finds_rule_identifiers_only():
     assert has_identifier("Seen by Dr. Smith on 03/14/2024.")
     assert has_identifier("MRN 12345678")
+    assert has_identifier("JOHN BROWN NOTED TODAY.")
     assert not has_identifier(CLINICAL)
 
 

