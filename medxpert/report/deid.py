@@ -194,7 +194,37 @@ _LAST_WORD = re.compile(r"\b([A-Za-z][A-Za-z'’-]+)\s+$")
 # "breath", "cava"), and rarer names are left to the model (benchmarks/RESULTS.md).
 _CENSUS_FILES = {"given": ("dist.female.first", "dist.male.first"), "surname": ("dist.all.last",)}
 _MIN_SHARE = {"given": 0.001, "surname": 0.001}
-_PREFIXES = ("non", "post", "pre", "peri", "sub", "intra", "inter", "para", "hyper", "hypo", "un")
+_PREFIXES = (
+    "non",
+    "post",
+    "pre",
+    "peri",
+    "sub",
+    "intra",
+    "inter",
+    "para",
+    "hyper",
+    "hypo",
+    "un",
+    "re",
+)
+# Endings of medical words ("bronchovascular", "organomegaly"): a word with one is clinical.
+_CLINICAL_ENDINGS = (
+    "vascular",
+    "osis",
+    "itis",
+    "megaly",
+    "ectasis",
+    "pathy",
+    "plasty",
+    "ectomy",
+    "otomy",
+    "ostomy",
+    "graphy",
+    "scopy",
+    "plasia",
+    "trophy",
+)
 _SUFFIXES = ("s", "es", "d", "ed", "ing", "ly", "ally")
 _WORDS = re.compile(r"[a-z][a-z'’-]*", re.IGNORECASE)
 # Words of radiology reports beyond the labeler's vocabulary: never a name or a place.
@@ -236,6 +266,7 @@ recommended ordered requested performed interpreted reported says said states st
 denied presents presented complains admitted transferred verified transcribed electronically
 patient patients pt name physician doctor radiologist technologist resident contact family
 report reports final preliminary addendum follow followup up today yesterday tomorrow
+sequela sequelae hodgkin hodgkin's non-hodgkin eponym
 brain chin neck vena cava blood
 """
 
@@ -401,7 +432,9 @@ def _case_blind_names(nlp, text: str) -> list[tuple[str, int, int]]:
     """Names written in lower or upper case ("seen by jane doe", "JANE DOE"): the model's
     persons in two copies of `text`, one with every word capitalised, one with only the words
     that are neither clinical nor English capitalised; of two words or more of which one is
-    not English (one word, or English words, are too often clinical ones)."""
+    not English (one word, or English words, are too often clinical ones). The small model
+    calls many a foreign name an organisation: an "organisation" of two or more words none of
+    which is English or clinical ("Agnieszka Sigurdardottir") is taken as a name too."""
     capitalised = _WORDS.sub(lambda w: w.group().capitalize(), text)
     recased = _WORDS.sub(
         lambda w: w.group().lower() if _is_known(w.group().lower()) else w.group().capitalize(),
@@ -413,7 +446,11 @@ def _case_blind_names(nlp, text: str) -> list[tuple[str, int, int]]:
         for entity in doc.ents:
             start, end = name_extent(text, entity.start_char, entity.end_char)
             words = _WORDS.findall(text, start, end)
-            if entity.label_ == "PERSON" and len(words) >= 2 and _unknown_word(words):
+            if len(words) < 2:
+                continue
+            if (entity.label_ == "PERSON" and _unknown_word(words)) or (
+                entity.label_ == "ORG" and not any(_is_known(w.lower()) for w in words)
+            ):
                 found.add(("NAME", start, end))
     return sorted(found)
 
@@ -427,6 +464,8 @@ def _unknown_word(words: list[str]) -> bool:
 def _is_known(word: str) -> bool:
     """`word`, or its stem without a common prefix or suffix, is a clinical or English word."""
     known = known_words()
+    if word.endswith(_CLINICAL_ENDINGS):
+        return True
     stems = {word} | {word[len(p) :] for p in _PREFIXES if word.startswith(p)}
     stems |= {stem[: -len(x)] for stem in set(stems) for x in _SUFFIXES if stem.endswith(x)}
     return any(stem in known for stem in stems)
