@@ -61,8 +61,9 @@ def queries(n: int) -> list[dict]:
 
 def run(pipeline: DiagnosisPipeline, batch: list[dict], k: int) -> dict:
     for query in batch[:3]:  # warm-up
-        pipeline.diagnose(**query, k=k)
-    timings = [pipeline.diagnose(**query, k=k).timings_ms for query in batch[3:]]
+        pipeline.diagnose(**query, k=k, force=True)
+    # force: the guard runs (and is timed) on every X-ray, and refuses none of the test ones
+    timings = [pipeline.diagnose(**query, k=k, force=True).timings_ms for query in batch[3:]]
     summary = {}
     for kind, rows in (
         ("image", [t for t in timings if "caption" in t]),

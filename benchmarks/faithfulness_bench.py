@@ -109,7 +109,7 @@ def main() -> None:
     with LoopbackLLM("unfaithful") as llm:
         writer = OpenAICompatibleWriter(llm.url, MODEL, timeout_s=30, retries=0)
         for i, item in enumerate(items, start=1):
-            context = pipeline.evidence(**item.query, k=args.k)
+            context = pipeline.evidence(**item.query, k=args.k, force=True)
             offline = offline_writer.write(context)
             report = writer.write(context)
             offline_removed.append(removals(offline))

@@ -170,8 +170,12 @@ def _run_context(args: argparse.Namespace) -> None:
     )
 
     def query(image: str, note: str | None, patient: str) -> Retrieved:
-        diagnosis = pipeline.diagnose(
-            image=image, note=note, k=args.k, filters=Filters.of(exclude_patients=[patient])
+        diagnosis = pipeline.diagnose(  # past the input guard: every labelled X-ray counts
+            image=image,
+            note=note,
+            k=args.k,
+            filters=Filters.of(exclude_patients=[patient]),
+            force=True,
         )
         return Retrieved(
             np.stack([hit.case.labels for hit in diagnosis.hits]),

@@ -4,6 +4,7 @@ and `medxpert eval reports` (report quality against the baselines, by protocol).
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from medxpert.atomic import atomic_write_text
@@ -67,6 +68,12 @@ def _pipeline(args: argparse.Namespace, settings: Settings):
     return DiagnosisPipeline.from_artifacts(model, index_dir, device=settings.device), index_dir
 
 
+def _evidence(pipeline):
+    """`pipeline.evidence` past the input guard: every labelled X-ray of a protocol is
+    measured (the guard is measured on its own, by benchmarks/guard_bench.py)."""
+    return functools.partial(pipeline.evidence, force=True)
+
+
 def _run_thresholds(args: argparse.Namespace) -> None:
     from medxpert.data import load_cases
     from medxpert.report.evaluation import VALIDATION_SOURCE, choose_on_validation
@@ -75,7 +82,7 @@ def _run_thresholds(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     pipeline, index_dir = _pipeline(args, settings)
     source = VALIDATION_SOURCE[args.protocol]
-    choices = choose_on_validation(pipeline.evidence, load_cases(source, "val"))
+    choices = choose_on_validation(_evidence(pipeline), load_cases(source, "val"))
     path = write_thresholds(
         index_dir,
         choices,
@@ -106,7 +113,7 @@ def _run_reports(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     pipeline, index_dir = _pipeline(args, settings)
     rows, systems = run_reports(
-        pipeline.evidence, args.protocol, limit=args.limit, n_boot=args.bootstrap
+        _evidence(pipeline), args.protocol, limit=args.limit, n_boot=args.bootstrap
     )
     default_out = "report_metrics" if args.protocol == "iu" else f"report_metrics_{args.protocol}"
     paths = write_results(
