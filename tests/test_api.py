@@ -332,6 +332,8 @@ def test_form_fields_are_read_as_the_schema_says(client, xray):
     files = {"image": (name, data, "image/png")}
     note = client.post("/search", files=files, data={"note": "false", "k": "2.0"})
     assert note.status_code == 200 and note.json()["k"] == 2  # a note is text, k a number
+    twice = client.post("/diagnose", files=files, data={"force": ["true", "false"]})
+    assert twice.status_code == 422 and twice.json()["type"] == "ValidationError"  # a field twice
     empty = client.post("/search", files={"image": (name, b"", "image/png")})
     assert empty.status_code == 400 and empty.json()["type"] == "InvalidImageError"
     schema = client.get("/openapi.json").json()["paths"]

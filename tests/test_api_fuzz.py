@@ -12,7 +12,7 @@ import os
 import pandas as pd
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 
 from medxpert.api import create_app
@@ -64,4 +64,19 @@ def app(tmp_path_factory, shared_pack):
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 def test_every_route_keeps_to_its_schema(case, app):
+    assume(representable(case))
     case.call_and_validate(app=app)
+
+
+def representable(case) -> bool:
+    """Whether the request can say what the case means. A form field generated as a list of
+    none or one value (a negative case: "was boolean, became array") is sent as no field or as
+    one: a valid request, which the server rightly accepts. Two values or more are sent as the
+    field repeated, which it refuses."""
+    if case.media_type != "multipart/form-data" or not isinstance(case.body, dict):
+        return True
+    return not any(
+        isinstance(value, list) and len(value) < 2
+        for name, value in case.body.items()
+        if name != "image"
+    )

@@ -32,6 +32,7 @@ from medxpert.api.errors import (
     describe_size,
     install_error_handlers,
 )
+from medxpert.api.keys import API_KEY_HEADER, API_KEY_VARIABLE
 from medxpert.api.routes import open_routes, routes
 from medxpert.api.state import ApiState
 from medxpert.config import Settings
@@ -41,8 +42,6 @@ from medxpert.report import writer_options as writer_options_from
 
 logger = logging.getLogger(__name__)
 
-API_KEY_VARIABLE = "MEDXPERT_API_KEY"
-API_KEY_HEADER = "X-API-Key"
 DESCRIPTION = """Retrieval-augmented diagnosis for chest X-rays: search a library of prior
 cases by X-ray, text or X-ray + clinical note, and get a structured report grounded in the
 most similar cases. **Decision support, not a diagnosis.**

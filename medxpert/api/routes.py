@@ -203,15 +203,20 @@ async def _read_search(request: Request) -> tuple[SearchQuery | SearchForm, list
     return _validated(SearchForm, fields), uploads
 
 
-async def _read_form(request: Request, what: str) -> tuple[dict[str, str], list[Upload]]:
-    """A form's text fields, as sent (an empty one too), and its `image` files."""
+async def _read_form(request: Request, what: str) -> tuple[dict[str, Any], list[Upload]]:
+    """A form's text fields, as sent (an empty one too; a field sent twice as the list of its
+    values, which validation refuses), and its `image` files."""
     if not request.headers.get("content-type", "").startswith(FORMS):
         raise QueryError(f"send {what} as multipart form data (curl -F image=@cxr.png).")
     async with request.form() as form:
         uploads = form.getlist("image")
         if any(isinstance(upload, str) for upload in uploads):
             raise QueryError("send the image as a file (curl -F image=@cxr.png), not as text.")
-        fields = {key: value for key, value in form.multi_items() if key != "image"}
+        values: dict[str, list[Any]] = {}
+        for key, value in form.multi_items():
+            if key != "image":
+                values.setdefault(key, []).append(value)
+        fields = {key: sent[0] if len(sent) == 1 else sent for key, sent in values.items()}
         return fields, [(await upload.read(), upload.filename) for upload in uploads]
 
 

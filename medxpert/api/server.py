@@ -16,12 +16,15 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from medxpert.api.app import API_KEY_HEADER, API_KEY_VARIABLE, create_app
+from medxpert.api.keys import API_KEY_HEADER, API_KEY_VARIABLE
 from medxpert.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,8 @@ def worker_app() -> FastAPI:
             f"{CONFIG_VARIABLE} ({error!r}); use `create_app` to run the API otherwise."
         ) from None
     import torch
+
+    from medxpert.api.app import create_app
 
     torch.set_num_threads(config.pop("torch_threads", torch.get_num_threads()))
     app = create_app(**config)
