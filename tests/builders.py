@@ -288,6 +288,22 @@ def tiny_encoder(tmp_path: Path, seed: int = 0):
     )
 
 
+def tiny_pipeline(root: Path):
+    """A `DiagnosisPipeline` over `library_cases` (every image labelled Edema) with a tiny
+    encoder, the label captioner and the offline writer, k = 5."""
+    from medxpert.caption import LabelCaptioner
+    from medxpert.index import CaseLibrary
+    from medxpert.pipeline import DiagnosisPipeline
+    from medxpert.report import OfflineWriter
+    from medxpert.retrieval import SearchEngine
+
+    encoder = tiny_encoder(root)
+    library = CaseLibrary.build(encoder, library_cases(root))
+    return DiagnosisPipeline(
+        SearchEngine(library, encoder), LabelCaptioner(encoder), OfflineWriter(), k=5
+    )
+
+
 def mini_packs(target: Path, shared: dict[str, Path], per_split: dict[str, int]) -> Path:
     """Small copies of the shared packs (real rows and images, first N per split) under
     `target`, to point MEDXPERT_DATA_DIR at."""

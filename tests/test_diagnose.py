@@ -13,13 +13,17 @@ from medxpert.caption import LabelCaptioner
 from medxpert.caption.labels import describe
 from medxpert.cli.diagnose import markdown_report
 from medxpert.errors import IndexNotFoundError, InvalidImageError, QueryError
-from medxpert.index import CaseLibrary
 from medxpert.labels import LABEL_INDEX
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report import OfflineWriter, ReadoutWriter, ReportContext, StructuredReport
 from medxpert.report.schema import Statement
-from medxpert.retrieval import Hit, SearchEngine
-from tests.builders import gradient, library_cases, png_bytes, report_hit, tiny_encoder
+from medxpert.retrieval import Hit
+from tests.builders import (
+    gradient,
+    png_bytes,
+    report_hit,
+    tiny_pipeline,
+)
 
 EFFUSION = "Heart size is normal. Large left pleural effusion. No pneumothorax."
 NORMAL = "The lungs are clear. No pleural effusion. No pneumothorax."
@@ -117,12 +121,7 @@ def test_describe_caption():
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    encoder = tiny_encoder(root)
-    library = CaseLibrary.build(encoder, library_cases(root))
-    return DiagnosisPipeline(
-        SearchEngine(library, encoder), LabelCaptioner(encoder), OfflineWriter(), k=5
-    )
+    return tiny_pipeline(tmp_path_factory.mktemp("pipeline"))
 
 
 def test_label_captioner_gives_a_probability_per_prompt(pipeline):

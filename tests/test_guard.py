@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from medxpert.caption import LabelCaptioner
 from medxpert.data import load_cases, open_image
 from medxpert.errors import IndexFormatError, InputRefusedError
 from medxpert.guard import (
@@ -22,11 +21,13 @@ from medxpert.guard import (
 )
 from medxpert.guard.header import header_problems
 from medxpert.guard.pixels import pixel_problems
-from medxpert.index import CaseLibrary
 from medxpert.pipeline import DiagnosisPipeline
-from medxpert.report import OfflineWriter
-from medxpert.retrieval import SearchEngine
-from tests.builders import dicom_bytes, gradient, library_cases, png_bytes, tiny_encoder
+from tests.builders import (
+    dicom_bytes,
+    gradient,
+    png_bytes,
+    tiny_pipeline,
+)
 
 NOT_RADIOGRAPHS = {
     "CT_small.dcm": "Modality CT",
@@ -154,12 +155,7 @@ def test_the_embedding_guard_refuses_what_lies_off_the_library_distribution(tmp_
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """Every library image is labelled Edema: the vote alone triages any image as urgent."""
-    root = tmp_path_factory.mktemp("guarded")
-    encoder = tiny_encoder(root)
-    library = CaseLibrary.build(encoder, library_cases(root))
-    return DiagnosisPipeline(
-        SearchEngine(library, encoder), LabelCaptioner(encoder), OfflineWriter(), k=5
-    )
+    return tiny_pipeline(tmp_path_factory.mktemp("guarded"))
 
 
 def test_the_pipeline_refuses_a_ct_slice_and_force_diagnoses_it_with_a_warning(pipeline):
