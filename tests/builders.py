@@ -446,3 +446,47 @@ def report_hit(
         labels=label_vector(labels),
     )
     return Hit(case, score, rank, "report")
+
+
+def serve_process(workspace: dict[str, str], *arguments: str):
+    """`medxpert serve` (offline, no API key, the `workspace` settings) in a subprocess on a
+    free loopback port, and its base URL."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environment = {**os.environ, **workspace, "HF_HUB_OFFLINE": "1"}
+    environment.pop("MEDXPERT_API_KEY", None)
+    command = [sys.executable, "-m", "medxpert", "serve", "--host", "127.0.0.1"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port), *arguments],
+        env=environment,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return server, f"http://127.0.0.1:{port}"
+
+
+def wait_for_health(server, base: str, timeout: float = 120):
+    """The server's first 200 answer to /health; fails when it exits or takes over `timeout`."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.poll() is None, server.communicate()[0]
+        try:
+            health = httpx.get(f"{base}/health", timeout=2)
+            if health.status_code == 200:
+                return health
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the server did not start in {timeout} s"
+        time.sleep(0.3)

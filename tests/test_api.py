@@ -6,9 +6,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +24,7 @@ from medxpert.index import CaseLibrary
 from medxpert.labels import CHEXPERT_LABELS, positive_labels
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.retrieval import SearchEngine
-from tests.builders import gradient, png_bytes, tiny_workspace
+from tests.builders import gradient, png_bytes, serve_process, tiny_workspace, wait_for_health
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -519,35 +516,10 @@ def test_serving_beyond_loopback_needs_a_key_or_an_explicit_flag(capsys):
     assert "--no-api-key" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_medxpert_serve_answers_over_real_http(workspace, xray):
-    port = free_port()
-    environment = {**os.environ, **workspace[1], "HF_HUB_OFFLINE": "1"}
-    environment.pop("MEDXPERT_API_KEY", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "medxpert", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=environment,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server, base = serve_process(workspace[1])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.communicate()[0]
-            try:
-                health = httpx.get(f"{base}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not start in 120 s"
-                time.sleep(0.3)
+        health = wait_for_health(server, base)
         assert health.status_code == 200 and health.json()["status"] == "ok"
         assert health.json()["model"]["dir"].endswith("medxpert-default")
         found = httpx.post(f"{base}/search", json={"text": "cardiomegaly", "k": 3}, timeout=60)

@@ -3,11 +3,7 @@ process id in the X-MedXpert-Worker header, stopped cleanly."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +14,7 @@ import pytest
 from medxpert.api.server import CONFIG_VARIABLE, WORKER_HEADER, worker_app
 from medxpert.cli import main
 from medxpert.errors import ConfigError
-from tests.builders import tiny_workspace
+from tests.builders import serve_process, tiny_workspace, wait_for_health
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,27 +26,8 @@ def workspace(tmp_path_factory, shared_pack) -> dict[str, str]:
     return tiny_workspace(root, shared)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def wait_for_health(server: subprocess.Popen, base: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert server.poll() is None, server.communicate()[0]
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"the server did not start in {timeout} s"
-        time.sleep(0.3)
 
 
 def search(base: str, text: str) -> httpx.Response:
@@ -59,18 +36,7 @@ def search(base: str, text: str) -> httpx.Response:
 
 
 def test_two_workers_answer_concurrent_requests_and_stop_cleanly(workspace):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    environment = {**os.environ, **workspace, "HF_HUB_OFFLINE": "1"}
-    environment.pop("MEDXPERT_API_KEY", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "medxpert", "serve", "--workers", "2", "--port", str(port)],
-        env=environment,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server, base = serve_process(workspace, "--workers", "2")
     workers: set[int] = set()
     try:
         wait_for_health(server, base)
