@@ -85,9 +85,28 @@ ensure_browser() {
   fi
 }
 
+ensure_dicom_tools() {
+  # The DICOM SR and DICOM node tests run DCMTK (dsrdump, storescu, echoscu) and dicom3tools'
+  # dciodvfy; install Debian's packages when missing.
+  if command -v dsrdump >/dev/null 2>&1 && command -v storescu >/dev/null 2>&1 &&
+     command -v dciodvfy >/dev/null 2>&1; then
+    return 0
+  fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    step "Installing Debian's dcmtk and dicom3tools for the DICOM SR and DICOM node tests"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools >/dev/null ||
+      { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools >/dev/null; }
+  else
+    step "dcmtk / dicom3tools not found and apt-get unusable: the DICOM validator tests will skip"
+  fi
+}
+
 run_tests() {
   offline_env
   ensure_browser
+  ensure_dicom_tools
   step "ruff check"
   "$VENV/bin/ruff" check .
   step "pytest"

@@ -21,13 +21,15 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from medxpert import __version__
 from medxpert.caption import Caption, make_captioner
-from medxpert.data.images import ImageSource, dicom_header, open_image
+from medxpert.data.images import DicomHeader, ImageSource, dicom_header, open_image
 from medxpert.data.study import study_key
 from medxpert.errors import InputRefusedError, QueryError
 from medxpert.guard import OVERRIDE, InputGuard, describe_problems
@@ -52,12 +54,17 @@ class Diagnosis:
     probabilities: dict[str, float]
     timings_ms: dict[str, float] = field(default_factory=dict)
     zero_shot_weight: float = 0.0  # the probabilities' blend with the caption (0: vote alone)
+    # what wrote it: MedXpert's version, the encoder, the library (`DiagnosisPipeline.provenance`)
+    provenance: dict[str, str] = field(default_factory=dict)
+    # the query images' DICOM headers (None for a PNG or JPEG), for a DICOM SR of the report
+    dicom_headers: list[DicomHeader | None] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        """JSON-ready: the report (with timings) and the ranked hits, one per study, each with
-        its images and the evidence that matched (`retrieval.export.hit_record`)."""
+        """JSON-ready: the report (with timings), its provenance and the ranked hits, one per
+        study, each with its images and the evidence that matched (`hit_record`)."""
         return {
             "report": self.report.model_dump(),
+            "provenance": self.provenance,
             "probabilities": self.probabilities,
             "zero_shot_weight": self.zero_shot_weight,
             "hits": [hit_record(hit) for hit in self.hits],
@@ -131,6 +138,21 @@ class DiagnosisPipeline:
             guard=InputGuard.for_library(engine.library, index_dir, fingerprint),
         )
 
+    @cached_property
+    def provenance(self) -> dict[str, str]:
+        """What every report of this pipeline comes from: MedXpert's version, the encoder (its
+        backbone and weight fingerprint) and the case library (its name and file fingerprint)."""
+        library, encoder = self.engine.library, self.engine.encoder
+        return {
+            "medxpert_version": __version__,
+            "encoder": encoder.backbone,
+            "encoder_fingerprint": library.encoder_fingerprint,
+            "library": str(library.manifest.get("name", "unsaved")),
+            "library_fingerprint": library.fingerprint,
+            "captioner": str(getattr(self.captioner, "name", type(self.captioner).__name__)),
+            "writer": str(getattr(self.writer, "name", type(self.writer).__name__)),
+        }
+
     @property
     def _may_send_image(self) -> bool:
         """Only a writer the user explicitly allowed to send the image gets it."""
@@ -170,6 +192,8 @@ class DiagnosisPipeline:
             context.vote.probabilities,
             timings,
             context.vote.zero_shot_weight,
+            self.provenance,
+            list(context.dicom_headers),
         )
 
     def evidence(
@@ -245,6 +269,7 @@ class DiagnosisPipeline:
                 thresholds=self.thresholds,
                 phrasing=self.phrasing,
                 guard_warnings=describe_problems(problems, names) if pictures else (),
+                dicom_headers=[dicom_header(picture) for picture in pictures],
             )
 
     def _image_to_send(self, picture: Image.Image | None) -> dict:

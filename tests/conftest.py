@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -44,3 +45,22 @@ def settings(tmp_path):
         results_dir=tmp_path / "results",
         cache_dir=tmp_path / "cache",
     )
+
+
+@pytest.fixture(scope="session")
+def dicom_tool():
+    """`dicom_tool("dsrdump")` → the path of a DCMTK or dicom3tools program.
+
+    Skips when it is not installed (`./dev.sh test` installs Debian's dcmtk and dicom3tools);
+    CI sets MEDXPERT_REQUIRE_DICOM_TOOLS=1 so that a missing one fails instead.
+    """
+
+    def locate(name: str) -> str:
+        path = shutil.which(name)
+        if path is None:
+            if os.environ.get("MEDXPERT_REQUIRE_DICOM_TOOLS") == "1":
+                raise RuntimeError(f"{name} is not installed (apt-get install dcmtk dicom3tools)")
+            pytest.skip(f"{name} not installed (apt-get install dcmtk dicom3tools)")
+        return path
+
+    return locate

@@ -40,9 +40,11 @@ RANKS = {
     "report": 9,
     "guard": 9,
     "pipeline": 10,
-    "api": 11,
-    "cli": 12,
-    "__main__": 12,
+    "explain": 10,
+    "interop": 11,
+    "api": 12,
+    "cli": 13,
+    "__main__": 13,
 }
 
 

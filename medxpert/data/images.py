@@ -16,7 +16,7 @@ import re
 import struct
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -59,6 +59,9 @@ class DicomHeader:
     series_instance_uid: str | None
     sop_instance_uid: str | None
     frames: int  # NumberOfFrames (1 when absent or unreadable)
+    # the whole header (a pydicom Dataset without its pixel data): what a DICOM SR of the
+    # diagnosis copies its patient and study modules from
+    dataset: Any = field(default=None, compare=False, repr=False)
 
 
 def dicom_header(image: Image.Image) -> DicomHeader | None:
@@ -378,6 +381,9 @@ def _open_dicom(data: bytes, label: str, max_pixels: int) -> Image.Image:
         image = _dicom_image(dataset, label, max_pixels)
         header = _dicom_header(dataset)
     image.info[DICOM_HEADER_KEY] = header
+    for keyword in _PIXEL_KEYWORDS:  # keep the header only: the pixels are in `image`
+        if keyword in dataset:
+            del dataset[keyword]
     return image
 
 
@@ -594,6 +600,7 @@ def _dicom_header(dataset: Any) -> DicomHeader:
         series_instance_uid=_tag_text(dataset, "SeriesInstanceUID"),
         sop_instance_uid=_tag_text(dataset, "SOPInstanceUID"),
         frames=_frames(dataset),
+        dataset=dataset,
     )
 
 

@@ -185,6 +185,16 @@ class CaseLibrary:
         paths = [self.case(row).image_path for row in stored.rows]
         return dict(zip(paths, stored.vectors, strict=True))
 
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the saved library's files (their SHA-256 sums in the manifest): what a
+        report records as the library it was written from; "unsaved" before `save`."""
+        files = (self.manifest or {}).get("files")
+        if not files:
+            return "unsaved"
+        sums = json.dumps({name: entry["sha256"] for name, entry in files.items()}, sort_keys=True)
+        return hashlib.sha256(sums.encode()).hexdigest()[:16]
+
     def count(self, modality: str) -> int:
         return len(self.indexes[modality]) if modality in self.indexes else 0
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from medxpert.caption import Caption
+from medxpert.data.images import DicomHeader
 from medxpert.labels.clinical import ICD10Suggestion, Triage, icd10_suggestions, triage
 from medxpert.report.thresholds import default_thresholds
 from medxpert.retrieval import Hit
@@ -41,6 +42,8 @@ class ReportContext:
     # Why the input guard refused the query image, when `force` made it diagnose anyway.
     guard_warnings: Sequence[str] = ()
     image_not_sent: str | None = None  # why a writer allowed to send the image did not get it
+    # the query images' DICOM headers, None for a PNG or JPEG (what a DICOM SR references)
+    dicom_headers: Sequence[DicomHeader | None] = ()
 
     def stated(self, label: str) -> bool:
         """The evidence supports `label` as a fact."""
@@ -66,7 +69,7 @@ class ReportContext:
         probabilities, when the caption has them), its ICD-10 suggestions and triage (never
         above routine for an input the guard flagged); `query` fills the rest (caption,
         query_text, note, has_image, image_png, image_not_sent, thresholds, phrasing,
-        guard_warnings)."""
+        guard_warnings, dicom_headers)."""
         vote = label_probabilities(hits)
         caption = query.get("caption")
         if isinstance(caption, Caption) and caption.probabilities:
