@@ -65,8 +65,10 @@ def dicom_bytes(
     encapsulated: list[bytes] | None = None,
     bits_stored: int = 12,
     with_pixels: bool = True,
+    extra: dict | None = None,
 ) -> bytes:
-    """A DICOM file (with preamble) of one frame (H, W) or several (N, H, W) of uint16/uint8."""
+    """A DICOM file (with preamble) of one frame (H, W) or several (N, H, W) of uint16/uint8;
+    `extra` sets more attributes by keyword (e.g. ``{"PatientName": "Doe^Jane"}``)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -93,6 +95,8 @@ def dicom_bytes(
         ds.NumberOfFrames = frames.shape[0]
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
+    for keyword, value in (extra or {}).items():
+        setattr(ds, keyword, value)
     if with_pixels:
         if encapsulated is not None:
             ds.PixelData = encapsulate(encapsulated)
