@@ -13,6 +13,7 @@ from medxpert.cli import (
     captioner,
     data,
     diagnose,
+    dicom_node,
     encoders,
     evaluate,
     index,
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         diagnose,
         evaluate,
         serve,
+        dicom_node,
     ):
         module.add_commands(commands)
     return parser
