@@ -7,8 +7,10 @@ logic: it calls `DiagnosisPipeline`. Settings come from `MEDXPERT_*` variables
 (`Settings.from_env`).
 """
 
+import json
+
 import streamlit as st
-from artifacts import find_artifacts, how_to_build, load_pipeline
+from artifacts import find_artifacts, how_to_build, load_explainer, load_pipeline
 from query_input import query_input
 from result_view import show_diagnosis
 from sidebar import sidebar
@@ -63,7 +65,8 @@ def main() -> None:
         st.session_state.pop(RESULT, None)
         st.error(str(error))
     if RESULT in st.session_state:
-        show_diagnosis(*st.session_state[RESULT])
+        explainer = load_explainer(pipeline, json.dumps(pipeline.provenance, sort_keys=True))
+        show_diagnosis(*st.session_state[RESULT], explainer)
 
 
 main()

@@ -13,6 +13,7 @@ from medxpert.config import Settings
 from medxpert.data import Case, load_cases
 from medxpert.encoders.model import INFO_FILE, read_model_info
 from medxpert.errors import MedXpertError
+from medxpert.explain import Explainer
 from medxpert.index.library import read_manifest
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.retrieval.export import side_by_side
@@ -106,6 +107,13 @@ def load_pipeline(
         writer_options=writer_options,
         blip_source=blip_dir,
     )
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def load_explainer(_pipeline: DiagnosisPipeline, provenance: str) -> Explainer:
+    """The heatmap explainer of a pipeline's encoder and captioner, made once per pipeline
+    (`provenance`, the pipeline's, tells them apart)."""
+    return Explainer(_pipeline.engine.encoder, _pipeline.captioner)
 
 
 @st.cache_resource(show_spinner=False)

@@ -1,5 +1,6 @@
-"""A diagnosis on the page: the query, caption, triage, probabilities, report with citations,
-ICD-10 suggestions, the gallery of the top-K studies, timings and downloads."""
+"""A diagnosis on the page: the query (with its finding heatmaps), caption, triage,
+probabilities, report with citations, ICD-10 suggestions, the gallery of the top-K studies (each
+with its similarity heatmaps), timings and downloads."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import streamlit as st
 from artifacts import study_thumbnail
 from query_input import Query
 
+from medxpert.data import open_image
+from medxpert.errors import MedXpertError
+from medxpert.explain import Explainer, overlay
 from medxpert.labels import positive_labels
 from medxpert.pipeline import Diagnosis
 from medxpert.retrieval import Hit
@@ -26,13 +30,14 @@ EXCERPT_CHARS = 180
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-!|$~:])")
 
 
-def show_diagnosis(query: Query, diagnosis: Diagnosis) -> None:
-    """Render everything about one diagnosis."""
+def show_diagnosis(query: Query, diagnosis: Diagnosis, explainer: Explainer) -> None:
+    """Render everything about one diagnosis; `explainer` makes the heatmaps asked for."""
     report = diagnosis.report
     st.subheader(f"Result for the {_plain(query.title)}")
     left, right = st.columns([2, 3], gap="large")
     with left:
         _show_query(query, diagnosis)
+        _show_finding_heatmap(query, diagnosis, explainer)
     with right:
         colour, icon = TRIAGE_STYLE.get(report.triage.level, ("gray", ""))
         st.markdown(f"#### Triage :{colour}-badge[{icon} {report.triage.level.upper()}]")
@@ -43,7 +48,7 @@ def show_diagnosis(query: Query, diagnosis: Diagnosis) -> None:
         _show_report(diagnosis)
     with right:
         _show_codes(diagnosis)
-    _show_gallery(diagnosis.hits)
+    _show_gallery(diagnosis.hits, query, explainer)
     _show_timings(diagnosis.timings_ms)
     _show_downloads(query, diagnosis)
 
@@ -59,6 +64,23 @@ def _show_query(query: Query, diagnosis: Diagnosis) -> None:
         st.markdown(
             f"**Caption** ({diagnosis.caption.captioner}): {_plain(diagnosis.caption.text)}"
         )
+
+
+def _show_finding_heatmap(query: Query, diagnosis: Diagnosis, explainer: Explainer) -> None:
+    """On request, which regions of the (first) query X-ray raise a finding's score."""
+    if not query.images or not explainer.findings:
+        return
+    if not st.toggle("Heatmap of a finding", key="heatmap_query"):
+        return
+    scores = diagnosis.caption.probabilities if diagnosis.caption is not None else {}
+    findings = sorted(explainer.findings, key=lambda label: -scores.get(label, 0.0))
+    finding = st.selectbox("Finding", findings, key="heatmap_finding")
+    heatmap = explainer.finding_maps(query.images[0], [finding])[finding]
+    st.image(
+        overlay(query.images[0], heatmap),
+        caption=f"What raises the {finding} score (caption p = {scores.get(finding, 0):.2f})",
+        width="stretch",
+    )
 
 
 def _show_probabilities(diagnosis: Diagnosis) -> None:
@@ -129,13 +151,34 @@ def _show_codes(diagnosis: Diagnosis) -> None:
         st.markdown("None above the reporting threshold.")
 
 
-def _show_gallery(hits: list[Hit]) -> None:
+def _show_gallery(hits: list[Hit], query: Query, explainer: Explainer) -> None:
     st.markdown(f"#### The {len(hits)} most similar studies")
     for start in range(0, len(hits), GALLERY_COLUMNS):
         columns = st.columns(GALLERY_COLUMNS)
         for column, hit in zip(columns, hits[start : start + GALLERY_COLUMNS], strict=False):
             with column.container(border=True):
                 _show_hit(hit)
+                _show_similarity_heatmaps(hit, query, explainer)
+
+
+def _show_similarity_heatmaps(hit: Hit, query: Query, explainer: Explainer) -> None:
+    """On request, which regions of the query and of the study's first X-ray make them
+    similar."""
+    if not query.images or not hit.images:
+        return
+    if not st.toggle("Why similar", key=f"why_similar_{hit.rank}"):
+        return
+    try:
+        retrieved = open_image(hit.images[0].image_path)
+    except MedXpertError as error:
+        st.caption(f"No heatmap: {_plain(str(error))}")
+        return
+    on_query, on_retrieved = explainer.similarity_maps(query.images[0], retrieved)
+    st.image(
+        [overlay(query.images[0], on_query), overlay(retrieved, on_retrieved)],
+        caption=["query", f"#{hit.rank}"],
+        width="stretch",
+    )
 
 
 def _show_hit(hit: Hit) -> None:
@@ -168,26 +211,49 @@ def _show_timings(timings_ms: dict[str, float]) -> None:
 
 
 def _show_downloads(query: Query, diagnosis: Diagnosis) -> None:
+    """The report as JSON, Markdown, a FHIR R4 Bundle and a DICOM SR (for PACS and the EHR)."""
+    from medxpert.interop.fhir import fhir_json
+    from medxpert.interop.sr import sr_bytes
+
     heading = f"# MedXpert report: {query.title}\n\n"
-    first, second, _ = st.columns([1, 1, 2])
-    first.download_button(
-        "Report as JSON",
-        json.dumps({"query": query.title, **diagnosis.to_dict()}, indent=2, ensure_ascii=False),
-        file_name="medxpert-report.json",
-        mime="application/json",
-        on_click="ignore",
-        key="download_json",
-        icon=":material/download:",
+    downloads = (
+        (
+            "JSON",
+            json.dumps({"query": query.title, **diagnosis.to_dict()}, indent=2, ensure_ascii=False),
+            "medxpert-report.json",
+            "application/json",
+        ),
+        (
+            "Markdown",
+            heading + diagnosis.report.to_markdown(),
+            "medxpert-report.md",
+            "text/markdown",
+        ),
+        (
+            "FHIR",
+            fhir_json(diagnosis, query_name=query.title),
+            "medxpert-report.fhir.json",
+            "application/fhir+json",
+        ),
+        (
+            "DICOM SR",
+            sr_bytes(diagnosis, query_name=query.title),
+            "medxpert-report.dcm",
+            "application/dicom",
+        ),
     )
-    second.download_button(
-        "Report as Markdown",
-        heading + diagnosis.report.to_markdown(),
-        file_name="medxpert-report.md",
-        mime="text/markdown",
-        on_click="ignore",
-        key="download_markdown",
-        icon=":material/download:",
-    )
+    for column, (label, data, file_name, mime) in zip(
+        st.columns(len(downloads)), downloads, strict=True
+    ):
+        column.download_button(
+            f"Report as {label}",
+            data,
+            file_name=file_name,
+            mime=mime,
+            on_click="ignore",
+            key=f"download_{label.lower().replace(' ', '_')}",
+            icon=":material/download:",
+        )
 
 
 def _label_colour(label: str) -> str:

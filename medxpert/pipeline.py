@@ -227,20 +227,10 @@ class DiagnosisPipeline:
         problems: list[list[str]] = []
         if sources:
             with _timed(timings, "guard"):
-                pictures = [
-                    open_image(source, name=name)
-                    for source, name in zip(sources, names, strict=True)
-                ]
-                problems = [self.guard.image_problems(picture) for picture in pictures]
-                self._check(problems, names, force)
+                pictures, problems = self._decoded(sources, names, force)
         with _timed(timings, "encode"):
             if pictures:
-                vectors = self.engine.encoder.encode_images(pictures, progress=False)
-                problems = [
-                    [*a, *b]
-                    for a, b in zip(problems, self.guard.vector_problems(vectors), strict=True)
-                ]
-                self._check(problems, names, force)
+                vectors, problems = self._encoded(pictures, problems, names, force)
                 study = vectors if image is not None else study_vector(vectors)
                 query = self.engine.with_note(study, note, note_weight)
             else:
@@ -271,6 +261,38 @@ class DiagnosisPipeline:
                 guard_warnings=describe_problems(problems, names) if pictures else (),
                 dicom_headers=[dicom_header(picture) for picture in pictures],
             )
+
+    def checked_images(
+        self, sources: Sequence[ImageSource], *, force: bool = False
+    ) -> list[Image.Image]:
+        """`sources` decoded, each past the input guard (header, pixels, embedding): what an
+        explanation of a query is made from. `InputRefusedError` unless `force`."""
+        names = [_name(source, i, len(sources)) for i, source in enumerate(sources)]
+        pictures, problems = self._decoded(sources, names, force)
+        self._encoded(pictures, problems, names, force)
+        return pictures
+
+    def _decoded(
+        self, sources: Sequence[ImageSource], names: list[str], force: bool
+    ) -> tuple[list[Image.Image], list[list[str]]]:
+        """The decoded images and the guard's header and pixel problems with each."""
+        pictures = [
+            open_image(source, name=name) for source, name in zip(sources, names, strict=True)
+        ]
+        problems = [self.guard.image_problems(picture) for picture in pictures]
+        self._check(problems, names, force)
+        return pictures, problems
+
+    def _encoded(
+        self, pictures: list[Image.Image], problems: list[list[str]], names: list[str], force: bool
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """The images' vectors, and every problem with each once the embedding is checked."""
+        vectors = self.engine.encoder.encode_images(pictures, progress=False)
+        problems = [
+            [*a, *b] for a, b in zip(problems, self.guard.vector_problems(vectors), strict=True)
+        ]
+        self._check(problems, names, force)
+        return vectors, problems
 
     def _image_to_send(self, picture: Image.Image | None) -> dict:
         """The query image as PNG pixels for a writer the user let send it; none, and why,

@@ -20,6 +20,7 @@ from medxpert.cli import main
 from medxpert.config import Settings
 from medxpert.data import Case, open_image, study_key
 from medxpert.errors import ConfigError
+from medxpert.explain import Explainer
 from medxpert.index import CaseLibrary
 from medxpert.labels import CHEXPERT_LABELS, positive_labels
 from medxpert.pipeline import DiagnosisPipeline
@@ -184,6 +185,70 @@ def test_diagnose_a_text_query(client, pipeline):
     assert body["report"]["caption"] is None and body["report"]["impression"]
     assert all(hit["modality"] == "report" for hit in body["hits"])
     assert_real_hits(body["hits"], pipeline, 5)  # the pipeline's k
+
+
+def test_diagnose_answers_in_every_report_format(client, xray):
+    """?format=markdown, fhir and dicom-sr: the same report as Markdown, a FHIR R4 Bundle that
+    fhir.resources parses back, and a DICOM SR file that pydicom reads; json (the default)
+    carries the provenance."""
+    import pydicom
+    from fhir.resources.R4B.bundle import Bundle
+
+    name, data = xray
+    answers = {
+        format: client.post(
+            f"/diagnose?format={format}", files={"image": (name, data, "image/png")}
+        )
+        for format in ("json", "markdown", "fhir", "dicom-sr")
+    }
+    assert all(answer.status_code == 200 for answer in answers.values()), answers
+    body = answers["json"].json()
+    assert body["provenance"]["encoder_fingerprint"] and body["provenance"]["library_fingerprint"]
+    impression = " ".join(s["text"] for s in body["report"]["impression"])
+    assert answers["markdown"].headers["content-type"].startswith("text/markdown")
+    assert "### Impression" in answers["markdown"].text
+    assert answers["fhir"].headers["content-type"] == "application/fhir+json"
+    bundle = Bundle.model_validate_json(answers["fhir"].content)
+    report = next(
+        e.resource for e in bundle.entry if e.resource.__resource_type__ == "DiagnosticReport"
+    )
+    assert report.conclusion == impression
+    assert answers["dicom-sr"].headers["content-type"] == "application/dicom"
+    sr = pydicom.dcmread(io.BytesIO(answers["dicom-sr"].content))
+    assert sr.Modality == "SR" and impression.split(".")[0] in str(sr.ContentSequence)
+
+
+def test_an_unknown_report_format_is_422(client, xray):
+    name, data = xray
+    response = client.post("/diagnose?format=pdf", files={"image": (name, data, "image/png")})
+    assert response.status_code == 422 and response.json()["type"] == "ValidationError"
+
+
+def test_heatmaps_of_a_finding_and_of_a_similar_case_are_pngs_of_the_xray(client, pipeline, xray):
+    """The heatmap routes answer the explainer's maps as PNG overlays the size of the X-ray:
+    a finding the captioner scores (another is 404), and either side of a retrieved case."""
+    name, data = xray
+    files = {"image": (name, data, "image/png")}
+    finding = Explainer(pipeline.engine.encoder, pipeline.captioner).findings[0]
+    hit = client.post("/search", files=files, data={"target": "images", "k": "1"}).json()["hits"][0]
+    answers = [
+        client.post(f"/heatmaps/findings/{finding}", files=files),
+        client.post(f"/heatmaps/cases/{hit['case_id']}", files=files),
+        client.post(f"/heatmaps/cases/{hit['case_id']}", files=files, data={"side": "retrieved"}),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    pictures = [Image.open(io.BytesIO(a.content)) for a in answers]
+    assert all(a.headers["content-type"] == "image/png" for a in answers)
+    assert all(p.mode == "RGB" for p in pictures)
+    assert pictures[0].size == pictures[1].size == open_image(data).size
+    library = pipeline.engine.library
+    case_image = open_image(library.case(library.row_of(hit["case_id"])).image_path)
+    assert pictures[2].size == case_image.size
+    assert pictures[1].tobytes() != pictures[2].tobytes()
+    unscored = client.post("/heatmaps/findings/No Finding", files=files)
+    assert unscored.status_code == 404 and "scores" in unscored.json()["error"]
+    missing = client.post("/heatmaps/cases/iu_xray:nope", files=files)
+    assert missing.status_code == 404
 
 
 def test_case_record_and_its_image(client, pipeline):

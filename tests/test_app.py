@@ -89,6 +89,8 @@ def assert_shows(at: AppTest, diagnosis) -> None:
     assert [b.label for b in at.get("download_button")] == [
         "Report as JSON",
         "Report as Markdown",
+        "Report as FHIR",
+        "Report as DICOM SR",
     ]
 
 
@@ -126,6 +128,31 @@ def test_a_test_split_sample_is_diagnosed_with_its_history_as_the_note(env, refe
     assert f"**Caption** (labels): {expected.caption.text}" in text
     assert f"**Clinical note:** {note}" in text
     assert at.image[0].captions == [f"test X-ray {case.case_id}"]
+
+
+def test_heatmaps_of_a_finding_and_of_a_similar_study_are_shown_on_request(env, reference):
+    """The heatmap toggles show the explainer's overlays: beside the query, for the chosen
+    finding; on a gallery card, the query and the study's X-ray."""
+    from medxpert.explain import Explainer
+
+    case = next(c for c in load_cases("covid_cxr", "test", settings=env) if c.has_image)
+    at = run_app()
+    at.radio(key="mode").set_value(SAMPLE).run()
+    at.selectbox(key="sample").select(case.case_id).run()
+    diagnose(at)
+    before = len(at.image)
+    assert before and not at.toggle(key="heatmap_query").value
+    at.toggle(key="heatmap_query").set_value(True).run()
+    findings = Explainer(reference.engine.encoder, reference.captioner).findings
+    assert sorted(at.selectbox(key="heatmap_finding").options) == sorted(findings)
+    finding = at.selectbox(key="heatmap_finding").value
+    captions = [caption for image in at.image for caption in image.captions]
+    assert any(c.startswith(f"What raises the {finding} score") for c in captions), captions
+    hit = next(hit for hit in reference.diagnose(image=case.image_path, k=10).hits if hit.images)
+    at.toggle(key=f"why_similar_{hit.rank}").set_value(True).run()
+    assert not at.exception and not at.error
+    captions = [caption for image in at.image for caption in image.captions]
+    assert "query" in captions and f"#{hit.rank}" in captions
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,12 @@ class CaseNotFoundError(QueryError):
     status_code = 404
 
 
+class FindingNotScoredError(QueryError):
+    """A heatmap asked for a finding the captioner does not score (404)."""
+
+    status_code = 404
+
+
 class AuthenticationError(MedXpertError):
     """The X-API-Key header is missing or wrong (401)."""
 

@@ -1,31 +1,37 @@
-"""The routes: /health (open), and /diagnose, /search, /cases (behind the API key when set)."""
+"""The routes: /health (open), and /diagnose, /search, /heatmaps, /cases (behind the API key when
+set)."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from medxpert import __version__
-from medxpert.api.errors import CaseNotFoundError
+from medxpert.api.errors import CaseNotFoundError, FindingNotScoredError
 from medxpert.api.schemas import (
+    FORMAT_MEDIA_TYPES,
+    HEATMAP_IMAGE_PART,
     CaseRecord,
     DiagnoseResponse,
     ErrorResponse,
+    FindingHeatmapForm,
     Health,
     ImageDiagnoseForm,
     IndexInfo,
     ModelInfo,
+    ReportFormat,
     SearchForm,
     SearchHit,
     SearchQuery,
     SearchResponse,
+    SimilarityHeatmapForm,
     Target,
     TextDiagnoseForm,
     multipart_schema,
@@ -34,7 +40,8 @@ from medxpert.api.schemas import (
 from medxpert.api.state import ApiState, Pipeline, State
 from medxpert.data import Case, open_image, study_key
 from medxpert.errors import QueryError
-from medxpert.pipeline import DiagnosisPipeline
+from medxpert.explain import overlay, png_bytes
+from medxpert.pipeline import Diagnosis, DiagnosisPipeline
 from medxpert.retrieval import Hit
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -76,6 +83,16 @@ DIAGNOSE_BODY = {
         },
     }
 }
+
+PNG = {"content": {"image/png": {}}, "description": "the heatmap over the X-ray, as PNG"}
+
+
+def _heatmap_body(form: type[BaseModel]) -> dict[str, Any]:
+    schema = multipart_schema(form, images=True, image_part=HEATMAP_IMAGE_PART)
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
+
 
 open_routes = APIRouter()
 routes = APIRouter(responses=ERRORS)
@@ -120,21 +137,72 @@ def health(state: State, response: Response) -> Health:
     )
 
 
+REPORT_FORMATS = {
+    200: {
+        "content": {
+            FORMAT_MEDIA_TYPES["markdown"]: {"schema": {"type": "string"}},
+            FORMAT_MEDIA_TYPES["fhir"]: {"schema": {"type": "object"}},
+            FORMAT_MEDIA_TYPES["dicom-sr"]: {"schema": {"type": "string", "format": "binary"}},
+        },
+        "description": "the report as JSON (format=json), Markdown (markdown), a FHIR R4 "
+        "Bundle (fhir) or a DICOM Comprehensive SR file (dicom-sr)",
+    },
+    **REFUSED,
+}
+FormatQuery = Annotated[
+    ReportFormat,
+    Query(
+        alias="format",
+        description="json (default), markdown, fhir (FHIR R4 Bundle) or dicom-sr (DICOM SR)",
+    ),
+]
+
+
 @routes.post(
     "/diagnose",
     response_model=DiagnoseResponse,
-    responses=REFUSED,
+    responses=REPORT_FORMATS,
     openapi_extra=DIAGNOSE_BODY,
     summary="Structured report for an X-ray or a study's X-rays (+ note), or a text query",
 )
-async def diagnose(request: Request, state: State, pipeline: Pipeline) -> dict:
+async def diagnose(
+    request: Request, state: State, pipeline: Pipeline, report_format: FormatQuery = "json"
+) -> Any:
     """Multipart: `image` files (the field repeated: one study, frontal first) with an
     optional `note`, or a `text` query instead; optional `k`, `target`, `force`. Retrieve the
     most similar prior studies and write a structured report from them: findings with
-    citations, impression, differential, ICD-10 suggestions and triage."""
+    citations, impression, differential, ICD-10 suggestions and triage; `?format=` chooses
+    JSON, Markdown, a FHIR R4 Bundle or a DICOM SR."""
     fields, uploads = await _read_form(request, "the diagnosis")
     form = ImageDiagnoseForm if uploads else TextDiagnoseForm
-    return await run_in_threadpool(_diagnose, state, pipeline, _validated(form, fields), uploads)
+    diagnosis, shortfall = await run_in_threadpool(
+        _diagnose, state, pipeline, _validated(form, fields), uploads
+    )
+    if report_format == "json":
+        return {
+            **diagnosis.to_dict(),
+            "hits": [SearchHit.of(hit) for hit in diagnosis.hits],
+            "shortfall": shortfall,
+        }
+    return Response(
+        await run_in_threadpool(_formatted, diagnosis, report_format),
+        media_type=FORMAT_MEDIA_TYPES[report_format],
+        headers={"Content-Disposition": f'inline; filename="{REPORT_FILES[report_format]}"'},
+    )
+
+
+REPORT_FILES = {"markdown": "report.md", "fhir": "report.fhir.json", "dicom-sr": "report.dcm"}
+
+
+def _formatted(diagnosis: Diagnosis, report_format: ReportFormat) -> bytes:
+    """The report in a standard format: Markdown, FHIR R4 JSON or a DICOM SR file."""
+    from medxpert.interop import fhir, sr
+
+    if report_format == "markdown":
+        return diagnosis.report.to_markdown().encode()
+    if report_format == "fhir":
+        return fhir.fhir_json(diagnosis).encode()
+    return sr.sr_bytes(diagnosis)
 
 
 @routes.post(
@@ -149,6 +217,48 @@ async def search(request: Request, state: State, pipeline: Pipeline) -> SearchRe
     studies, best first."""
     query, upload = await _read_search(request)
     return await run_in_threadpool(_search, state, pipeline, query, upload)
+
+
+@routes.post(
+    "/heatmaps/findings/{finding}",
+    response_class=Response,
+    responses={
+        200: PNG,
+        404: {"model": ErrorResponse, "description": "a finding the captioner does not score"},
+        **REFUSED,
+    },
+    openapi_extra=_heatmap_body(FindingHeatmapForm),
+    summary="Which regions of an X-ray raise a finding's score (heatmap PNG)",
+)
+async def finding_heatmap(
+    finding: str, request: Request, state: State, pipeline: Pipeline
+) -> Response:
+    """Multipart: one `image` (optional `force`). The regions that raise the captioner's
+    zero-shot score of `finding` (e.g. Cardiomegaly), as a heatmap over the X-ray."""
+    fields, uploads = await _read_form(request, "the heatmap's X-ray")
+    form = _validated(FindingHeatmapForm, fields)
+    return await run_in_threadpool(_finding_heatmap, state, pipeline, finding, form, uploads)
+
+
+@routes.post(
+    "/heatmaps/cases/{case_id:path}",
+    response_class=Response,
+    responses={
+        200: PNG,
+        404: {"model": ErrorResponse, "description": "no case with this id, or no image"},
+        **REFUSED,
+    },
+    openapi_extra=_heatmap_body(SimilarityHeatmapForm),
+    summary="Which regions make an X-ray and a library case's X-ray similar (heatmap PNG)",
+)
+async def similarity_heatmap(
+    case_id: str, request: Request, state: State, pipeline: Pipeline
+) -> Response:
+    """Multipart: one `image` (optional `side`, `force`). The regions that raise the cosine
+    of the X-ray and the case's X-ray, over the query (side=query) or the case (retrieved)."""
+    fields, uploads = await _read_form(request, "the heatmap's X-ray")
+    form = _validated(SimilarityHeatmapForm, fields)
+    return await run_in_threadpool(_similarity_heatmap, state, pipeline, case_id, form, uploads)
 
 
 @routes.get(
@@ -297,7 +407,8 @@ def _diagnose(
     pipeline: DiagnosisPipeline,
     form: ImageDiagnoseForm | TextDiagnoseForm,
     uploads: list[Upload],
-) -> dict:
+) -> tuple[Diagnosis, str | None]:
+    """The diagnosis and why it has fewer studies than asked for (None when it has them)."""
     pictures = [state.decode(*upload) for upload in uploads]
     query = {"text": getattr(form, "text", None), "note": getattr(form, "note", None)}
     asked, k = _capped(pipeline, form.k, form.target)
@@ -305,8 +416,50 @@ def _diagnose(
         diagnosis = pipeline.diagnose(
             **_image_query(pictures), **query, k=k, target=form.target, force=form.force
         )
-    return {
-        **diagnosis.to_dict(),
-        "hits": [SearchHit.of(hit) for hit in diagnosis.hits],
-        "shortfall": _shortfall(pipeline, form.target, asked, diagnosis.hits),
-    }
+    return diagnosis, _shortfall(pipeline, form.target, asked, diagnosis.hits)
+
+
+def _query_picture(
+    state: ApiState, pipeline: DiagnosisPipeline, uploads: list[Upload], force: bool
+) -> Image.Image:
+    """The one uploaded X-ray, decoded and past the input guard."""
+    if len(uploads) != 1:
+        raise QueryError(f"send one image for a heatmap ({len(uploads)} were sent).")
+    return pipeline.checked_images([state.decode(*uploads[0])], force=force)[0]
+
+
+def _finding_heatmap(
+    state: ApiState,
+    pipeline: DiagnosisPipeline,
+    finding: str,
+    form: FindingHeatmapForm,
+    uploads: list[Upload],
+) -> Response:
+    explainer = state.explainer(pipeline)
+    if finding not in explainer.findings:
+        raise FindingNotScoredError(
+            f"no heatmap for {finding!r}: the captioner scores "
+            f"{', '.join(explainer.findings) or 'no findings'}."
+        )
+    with state.lock:
+        picture = _query_picture(state, pipeline, uploads, form.force)
+        heatmap = explainer.finding_maps(picture, [finding])[finding]
+    return Response(png_bytes(overlay(picture, heatmap)), media_type="image/png")
+
+
+def _similarity_heatmap(
+    state: ApiState,
+    pipeline: DiagnosisPipeline,
+    case_id: str,
+    form: SimilarityHeatmapForm,
+    uploads: list[Upload],
+) -> Response:
+    case = _case(pipeline, case_id)
+    if not case.has_image or not Path(case.image_path).is_file():
+        raise CaseNotFoundError(f"case {case_id} has no image on this server.")
+    retrieved = open_image(case.image_path, max_pixels=state.settings.max_image_pixels)
+    with state.lock:
+        picture = _query_picture(state, pipeline, uploads, form.force)
+        on_query, on_retrieved = state.explainer(pipeline).similarity_maps(picture, retrieved)
+    shown = (picture, on_query) if form.side == "query" else (retrieved, on_retrieved)
+    return Response(png_bytes(overlay(*shown)), media_type="image/png")

@@ -27,6 +27,14 @@ from medxpert.retrieval.engine import MAX_TEXT_CHARS
 from medxpert.retrieval.export import snippet
 
 Target = Literal["reports", "images", "both"]
+ReportFormat = Literal["json", "markdown", "fhir", "dicom-sr"]
+# what each report format is sent as
+FORMAT_MEDIA_TYPES: dict[str, str] = {
+    "json": "application/json",
+    "markdown": "text/markdown; charset=utf-8",
+    "fhir": "application/fhir+json",
+    "dicom-sr": "application/dicom",
+}
 
 
 def _not_blank(text: str) -> str:
@@ -96,6 +104,15 @@ IMAGE_PART = {
 }
 
 
+HEATMAP_IMAGE_PART = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 1,
+    "items": {"type": "string", "format": "binary", "minLength": 1},
+    "description": "the query X-ray (PNG, JPEG or DICOM)",
+}
+
+
 class ErrorProblem(BaseModel):
     """One reason a request was malformed (422)."""
 
@@ -156,11 +173,32 @@ class TextDiagnoseForm(BaseModel):
     force: Force = False
 
 
-def multipart_schema(form: type[BaseModel], *, images: bool) -> dict[str, Any]:
+class FindingHeatmapForm(BaseModel):
+    """The fields of a finding heatmap (multipart) besides its one `image` file."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_form_schema)
+
+    force: Force = False
+
+
+class SimilarityHeatmapForm(BaseModel):
+    """The fields of a similarity heatmap (multipart) besides its one `image` file."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_form_schema)
+
+    side: Literal["query", "retrieved"] = Field(
+        "query", description="the map over the query X-ray, or over the retrieved case's X-ray"
+    )
+    force: Force = False
+
+
+def multipart_schema(
+    form: type[BaseModel], *, images: bool, image_part: dict[str, Any] = IMAGE_PART
+) -> dict[str, Any]:
     """The multipart schema of `form`, with the required `image` files when `images`."""
     schema = form.model_json_schema()
     if images:
-        schema["properties"] = {"image": IMAGE_PART, **schema["properties"]}
+        schema["properties"] = {"image": image_part, **schema["properties"]}
         schema["required"] = ["image", *schema.get("required", ())]
     return schema
 
@@ -275,6 +313,10 @@ class DiagnoseResponse(BaseModel):
     report: StructuredReport
     probabilities: dict[str, float] = Field(description="CheXpert-14 observation → probability")
     zero_shot_weight: float = Field(description="weight of the caption's zero-shot probabilities")
+    provenance: dict[str, str] = Field(
+        description="what wrote the report: MedXpert's version, the encoder and case library "
+        "with their fingerprints, the captioner and the writer"
+    )
     hits: list[SearchHit]
     shortfall: Shortfall = None
 

@@ -13,6 +13,7 @@ from PIL import Image
 from medxpert.api.errors import UnavailableError
 from medxpert.config import Settings
 from medxpert.data import open_image
+from medxpert.explain import Explainer
 from medxpert.pipeline import DiagnosisPipeline
 
 
@@ -32,6 +33,13 @@ class ApiState:
         )
     )
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _explainer: Explainer | None = field(default=None, repr=False)
+
+    def explainer(self, pipeline: DiagnosisPipeline) -> Explainer:
+        """The heatmap explainer of the pipeline's encoder and captioner, made once."""
+        if self._explainer is None:
+            self._explainer = Explainer(pipeline.engine.encoder, pipeline.captioner)
+        return self._explainer
 
     def decode(self, data: bytes, name: str | None) -> Image.Image:
         """An uploaded X-ray as a grayscale image (InvalidImageError when it is not one)."""
