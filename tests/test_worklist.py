@@ -5,7 +5,6 @@ after a study killed midway."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 
 from medxpert.cli import main
@@ -171,9 +171,6 @@ def test_a_csv_worklist_groups_rows_by_study_with_notes(pipeline, tmp_path, shar
         read_worklist(tmp_path / "bad.csv")
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("medxpert.explain") is None, reason="no medxpert.explain yet"
-)
 def test_the_heatmaps_format_writes_pngs_into_the_study_folder(pipeline, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -195,10 +192,6 @@ def test_formats_and_folder_names():
     assert len(set(slugs)) == len(slugs) and all("/" not in s and s[0] != "." for s in slugs)
 
 
-def _have(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def test_the_cli_diagnoses_a_worklist_and_one_query_with_sr_and_fhir(
     tmp_path, shared_pack, monkeypatch, capsys
 ):
@@ -211,7 +204,7 @@ def test_the_cli_diagnoses_a_worklist_and_one_query_with_sr_and_fhir(
     for image in images:
         shutil.copy(image, folder / image.name)
     (folder / "empty.png").write_bytes(b"")
-    formats = [name for name in ("sr", "fhir") if _have(f"medxpert.interop.{name}")]
+    formats = ["sr", "fhir"]
     command = ["diagnose", "--input", str(folder), "--out", str(tmp_path / "out"), "-k", "3"]
     assert main([*command, "--formats", ",".join(["json", *formats])]) == 0
     printed = capsys.readouterr().out
@@ -229,21 +222,12 @@ def test_the_cli_diagnoses_a_worklist_and_one_query_with_sr_and_fhir(
     assert "go with --input" in capsys.readouterr().err
 
     one = ["diagnose", "--image", str(images[0]), "-k", "3", "--json", str(tmp_path / "one.json")]
-    if "sr" in formats:
-        one += ["--sr", str(tmp_path / "one.sr.dcm")]
-    if "fhir" in formats:
-        one += ["--fhir", str(tmp_path / "one.fhir.json")]
-    if _have("medxpert.explain"):
-        one += ["--heatmaps", str(tmp_path / "maps")]
+    one += ["--sr", str(tmp_path / "one.sr.dcm"), "--fhir", str(tmp_path / "one.fhir.json")]
+    one += ["--heatmaps", str(tmp_path / "maps")]
     assert main(one) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "one.json").read_text())["query"] == images[0].name
-    if "sr" in formats:
-        import pydicom
-
-        sr = pydicom.dcmread(tmp_path / "one.sr.dcm")
-        assert sr.Modality == "SR" and sr.ContentSequence
-    if _have("medxpert.explain"):
-        assert list((tmp_path / "maps").glob("*.png"))
-    if "fhir" in formats:
-        bundle = json.loads((tmp_path / "one.fhir.json").read_text())
-        assert bundle["resourceType"] == "Bundle" and bundle["entry"]
+    sr = pydicom.dcmread(tmp_path / "one.sr.dcm")
+    assert sr.Modality == "SR" and sr.ContentSequence
+    assert list((tmp_path / "maps").glob("*.png"))
+    bundle = json.loads((tmp_path / "one.fhir.json").read_text())
+    assert bundle["resourceType"] == "Bundle" and bundle["entry"]
