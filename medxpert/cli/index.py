@@ -46,6 +46,38 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--report-factory", default="auto", help="the same, for reports")
     build.add_argument("--batch-size", type=int, default=8, help="images per batch")
+    engine = build.add_argument_group(
+        "engine", "where the embedding runs (docs/index.md: 'Embedding on a Ray cluster')"
+    )
+    engine.add_argument(
+        "--engine",
+        choices=("single", "ray"),
+        default="single",
+        help="single: this process (the default); ray: Ray Data tasks read the images and a "
+        "pool of actors embeds them, on a local Ray runtime or the cluster at --address",
+    )
+    engine.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto (the one this node belongs to, or a Ray Job's) or the "
+        "head's HOST:6379; default: start a local Ray runtime. Ray Client (ray://) cannot run "
+        "Ray Data: submit a Ray Job instead",
+    )
+    engine.add_argument("--workers", type=int, default=2, help="actors, one encoder each")
+    engine.add_argument(
+        "--num-gpus-per-worker", type=float, default=0.0, help="GPUs per actor (0: the CPU)"
+    )
+    engine.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs per actor (its torch threads)"
+    )
+    engine.add_argument(
+        "--shards",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the Ray engine writes its Parquet shards of vectors (a rerun resumes from "
+        "them; default: .cache/ray-shards/<name>)",
+    )
     build.add_argument(
         "--embeddings",
         type=Path,
@@ -81,11 +113,27 @@ def _build(args: argparse.Namespace) -> None:
 
     settings = Settings.from_env()
     model_dir = args.model or settings.models_dir / settings.encoder
-    encoder = DualEncoder.load(model_dir, device=settings.device)
-    encoder.use_feature_cache(settings.cache_dir / "features")  # the frozen stages, once
+    name = args.name or Path(model_dir).name
     splits = args.split or list(DEFAULT_SPLITS)
     cases = [case for split in splits for case in load_sources(args.source, split)]
-    embeddings = embed_cases(encoder, cases, batch_size=args.batch_size)
+    if args.engine == "ray":
+        from medxpert.index.ray_engine import RayOptions, embed_cases_ray
+
+        options = RayOptions(
+            address=args.address,
+            workers=args.workers,
+            num_gpus_per_worker=args.num_gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker,
+            batch_size=args.batch_size,
+        )
+        encoder = DualEncoder.load(model_dir, device="cpu")  # the driver only ships it
+        shards = args.shards or settings.cache_dir / "ray-shards" / Path(name).name
+        embeddings = embed_cases_ray(encoder, cases, shards, options=options)
+        print(f"Ray shards of the vectors: {shards}")
+    else:
+        encoder = DualEncoder.load(model_dir, device=settings.device)
+        encoder.use_feature_cache(settings.cache_dir / "features")  # the frozen stages, once
+        embeddings = embed_cases(encoder, cases, batch_size=args.batch_size)
     library = CaseLibrary.from_embeddings(
         encoder,
         cases,
@@ -93,7 +141,7 @@ def _build(args: argparse.Namespace) -> None:
         image_factory=args.image_factory,
         report_factory=args.report_factory,
     )
-    target = library_dir(args.name or Path(model_dir).name, settings)
+    target = library_dir(name, settings)
     library.save(target)
     print(f"case library {target}: {_summary(library.manifest)}")
     if args.embeddings:

@@ -337,6 +337,20 @@ class DualEncoder:
             progress,
         )
 
+    def encode_pixels(self, pixels: torch.Tensor | np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """Embed images already read and transformed by `image_transform` ((n, 3, H, W)) →
+        (n, d) float32, L2-normalised: the model half of `encode_images`, for engines that
+        read images in other processes (`medxpert.index.ray_engine`)."""
+        pixels = torch.as_tensor(pixels, dtype=torch.float32)
+        return self._encode(
+            pixels.split(batch_size),
+            len(pixels),
+            batch_size,
+            self.model.encode_image,
+            "embedding images",
+            False,
+        )
+
     def encode_texts(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool | None = None
     ) -> np.ndarray:

@@ -113,7 +113,7 @@ class CaseLibrary:
         self.cases.extend(new)
         self._row_of.update({case.case_id: start + i for i, case in enumerate(new)})
         self._add_study_rows(start)
-        image_rows, report_rows = _rows_to_embed(
+        image_rows, report_rows = rows_to_embed(
             self.cases[start:], self.text_sections, offset=start, known_studies=indexed_studies
         )
         if image_rows:
@@ -337,10 +337,8 @@ def embed_cases(
 ) -> dict[str, Embeddings]:
     """Embed every case's image, and one report per study: ``{"images": ..., "reports": ...}``
     (a modality no case has is left out)."""
-    duplicates = len(cases) - len({case.case_id for case in cases})
-    if duplicates:
-        raise IndexFormatError(f"{duplicates} duplicate case ids among the cases to index.")
-    image_rows, report_rows = _rows_to_embed(cases, text_sections)
+    check_unique_ids(cases)
+    image_rows, report_rows = rows_to_embed(cases, text_sections)
     embeddings = {}
     if image_rows:
         vectors = encoder.encode_images([cases[r].image_path for r in image_rows], batch_size)
@@ -354,7 +352,14 @@ def embed_cases(
     return embeddings
 
 
-def _rows_to_embed(
+def check_unique_ids(cases: Sequence[Case]) -> None:
+    """Refuse cases that share an id (a case's id names its vectors)."""
+    duplicates = len(cases) - len({case.case_id for case in cases})
+    if duplicates:
+        raise IndexFormatError(f"{duplicates} duplicate case ids among the cases to index.")
+
+
+def rows_to_embed(
     cases: Sequence[Case],
     sections: Sequence[str],
     offset: int = 0,
