@@ -21,6 +21,7 @@ from medxpert.errors import (
 )
 from medxpert.index import CaseLibrary, VectorIndex, default_factory
 from medxpert.index.library import read_manifest
+from medxpert.index.vector_index import LARGE_FACTORY
 from tests.builders import library_cases, tiny_encoder
 
 
@@ -80,8 +81,8 @@ def test_auto_factory_rule():
     assert default_factory(10_000, 256) == "Flat"
     assert default_factory(1_000_000, 256) == "Flat"
     assert default_factory(377_000, 512) == "Flat"
-    assert default_factory(600_000, 512) == "HNSW32"
-    assert default_factory(5_000_000, 256) == "HNSW32"
+    assert default_factory(600_000, 512) == LARGE_FACTORY  # on disk (test_ondisk_index.py)
+    assert default_factory(5_000_000, 256) == LARGE_FACTORY == "disk:IVF{nlist},SQ8"
 
 
 # --- the saved library ----------------------------------------------------------------------------

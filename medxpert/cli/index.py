@@ -41,8 +41,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--image-factory",
         default="auto",
-        help="FAISS factory string for images: Flat, HNSW32, IVF{nlist},SQ8, "
-        "IVF{nlist},PQ32, ... or auto (by corpus size; see docs/index.md)",
+        help="FAISS factory string for images: Flat, HNSW32, IVF{nlist},SQ8, ..., an on-disk "
+        "memory-mapped index disk:IVF{nlist},SQ8 (or ,Flat / ,PQ32), or auto (by corpus size; "
+        "see docs/index.md)",
     )
     build.add_argument("--report-factory", default="auto", help="the same, for reports")
     build.add_argument("--batch-size", type=int, default=8, help="images per batch")

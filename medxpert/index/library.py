@@ -6,6 +6,10 @@
     manifest.json    encoder fingerprint, dimension, metric, factory strings, counts, file
                      sizes and SHA-256 checksums, library versions, creation time
 
+An on-disk index (factory ``"disk:IVF..."``, what `auto` picks for a library too large to
+scan; ondisk.py) adds ``<modality>.ivfdata``, its memory-mapped lists; its manifest entry
+records its shards and the nprobe tuned at build. It cannot take new cases (rebuild).
+
 Saving is atomic (a whole new folder replaces the old one), so a crash mid-save leaves the
 previous library usable. Loading refuses a missing or truncated file, a checksum mismatch, and
 an index built with an encoder other than the one in use.
@@ -31,7 +35,8 @@ from medxpert.data import Case, Study, cases_from_frame, cases_to_frame, group_s
 from medxpert.data.case import TEXT_FIELDS
 from medxpert.encoders import DualEncoder
 from medxpert.errors import IndexFormatError, IndexNotFoundError, StorageError
-from medxpert.index.vector_index import METRIC, VectorIndex
+from medxpert.index.ondisk import OnDiskIndex
+from medxpert.index.vector_index import METRIC, VectorIndex, default_factory, is_disk_factory
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CASES_FILE = "cases.parquet"
 MODALITIES = ("images", "reports")
+SHARD_ROWS = 100_000  # an on-disk index is built from shards of this many vectors
+
+AnyIndex = VectorIndex | OnDiskIndex
 
 
 @dataclass
@@ -46,7 +54,7 @@ class CaseLibrary:
     """Cases plus their image and report indexes, built with one encoder."""
 
     cases: list[Case]
-    indexes: dict[str, VectorIndex]  # "images" and/or "reports"
+    indexes: dict[str, AnyIndex]  # "images" and/or "reports"
     encoder_fingerprint: str
     encoder_backbone: str
     text_sections: tuple[str, ...] = TEXT_FIELDS
@@ -95,7 +103,7 @@ class CaseLibrary:
         """Index embeddings made by `embed_cases` with the same `encoder` and `cases`."""
         factories = {"images": image_factory, "reports": report_factory}
         indexes = {
-            modality: VectorIndex.build(found.vectors, found.rows, factories[modality])
+            modality: _build_index(found, factories[modality], modality)
             for modality, found in embeddings.items()
         }
         return cls(
@@ -103,19 +111,21 @@ class CaseLibrary:
         )
 
     def add_cases(self, encoder: DualEncoder, cases: Sequence[Case], batch_size: int = 8) -> int:
-        """Embed and append new cases (ids not yet in the library); returns how many."""
+        """Embed and append new cases (ids not yet in the library); returns how many. An
+        on-disk index cannot take them: refused, the library unchanged."""
         self._check_encoder(encoder)
         new = [case for case in cases if case.case_id not in self._row_of]
         indexed_studies = {
             case.study_id or case.case_id for case in self.cases if case.text(self.text_sections)
         }
         start = len(self.cases)
+        image_rows, report_rows = rows_to_embed(
+            new, self.text_sections, offset=start, known_studies=indexed_studies
+        )
+        self._check_appendable({"images": image_rows, "reports": report_rows})
         self.cases.extend(new)
         self._row_of.update({case.case_id: start + i for i, case in enumerate(new)})
         self._add_study_rows(start)
-        image_rows, report_rows = rows_to_embed(
-            self.cases[start:], self.text_sections, offset=start, known_studies=indexed_studies
-        )
         if image_rows:
             vectors = encoder.encode_images(
                 [self.cases[r].image_path for r in image_rows], batch_size
@@ -206,12 +216,14 @@ class CaseLibrary:
         try:
             with atomic_directory(directory) as tmp:
                 cases_to_frame(self.cases).to_parquet(tmp / CASES_FILE, index=False)
-                for modality, index in self.indexes.items():
-                    index.save(tmp / f"{modality}.faiss")
-                manifest = self._manifest(tmp, name or directory.name)
+                entries = {m: _save_index(index, tmp, m) for m, index in self.indexes.items()}
+                manifest = self._manifest(tmp, name or directory.name, entries)
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         except OSError as error:
             raise _not_saved(directory, error.strerror or str(error)) from error
+        for modality, index in self.indexes.items():
+            if isinstance(index, OnDiskIndex):
+                index.moved(directory, modality)
         self.manifest = manifest
         logger.info("saved case library %s: %s", directory, _describe_counts(manifest))
         return directory
@@ -227,19 +239,14 @@ class CaseLibrary:
     ) -> CaseLibrary:
         """Read a library folder; with `encoder`, refuse an index built with another one.
         The indexes' vectors are memory-mapped (shared by every process that loads them)
-        unless `mmap` is False."""
+        unless `mmap` is False (an on-disk index is always mapped). `verify` checks every
+        file's checksum; an on-disk index's files are checked for size even without it."""
         directory = Path(directory)
         manifest = read_manifest(directory)
         if verify:
             _verify_files(directory, manifest)
         indexes = {
-            modality: VectorIndex.load(
-                directory / entry["file"],
-                entry["factory"],
-                set(entry.get("removed", [])),
-                mmap=mmap,
-                search_params=entry.get("search_params"),
-            )
+            modality: _load_index(directory, entry, mmap)
             for modality, entry in manifest["indexes"].items()
         }
         frame = pd.read_parquet(directory / CASES_FILE)
@@ -277,15 +284,30 @@ class CaseLibrary:
         for row in range(start, len(self.cases)):
             self._study_rows.setdefault(study_key(self.cases[row]), []).append(row)
 
-    def _index(self, modality: str, dim: int) -> VectorIndex:
+    def _check_appendable(self, rows: dict[str, list[int]]) -> None:
+        for modality, new_rows in rows.items():
+            index = self.indexes.get(modality)
+            if new_rows and isinstance(index, OnDiskIndex):
+                raise IndexFormatError(
+                    f"the {modality} index is on disk ({index.factory}) and cannot take new "
+                    "cases; rebuild the library with all its cases (`medxpert index build`)."
+                )
+
+    def _index(self, modality: str, dim: int) -> AnyIndex:
         if modality not in self.indexes:
             self.indexes[modality] = VectorIndex.build(
                 np.empty((0, dim), np.float32), np.empty(0, np.int64), "Flat"
             )
         return self.indexes[modality]
 
-    def _manifest(self, directory: Path, name: str) -> dict:
-        files = [CASES_FILE, *[f"{m}.faiss" for m in self.indexes]]
+    def _manifest(self, directory: Path, name: str, entries: dict[str, dict]) -> dict:
+        """The manifest of the library staged in `directory`, its indexes' `entries` (those
+        of on-disk indexes carry their files' checksums)."""
+        files = {CASES_FILE: _file_record(directory / CASES_FILE)}
+        for entry in entries.values():
+            files.update(
+                entry.get("files") or {entry["file"]: _file_record(directory / entry["file"])}
+            )
         return {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -300,23 +322,8 @@ class CaseLibrary:
             "cases": len(self.cases),
             "sources": sorted({case.source for case in self.cases}),
             "splits": sorted({case.split for case in self.cases}),
-            "indexes": {
-                modality: {
-                    "file": f"{modality}.faiss",
-                    "factory": index.factory,
-                    "search_params": index.search_params,
-                    "count": len(index),
-                    "removed": sorted(index.removed),
-                }
-                for modality, index in self.indexes.items()
-            },
-            "files": {
-                file: {
-                    "bytes": (directory / file).stat().st_size,
-                    "sha256": _sha256(directory / file),
-                }
-                for file in files
-            },
+            "indexes": entries,
+            "files": files,
             "versions": _versions(),
         }
 
@@ -327,6 +334,46 @@ class Embeddings:
 
     rows: np.ndarray  # (n,) int64
     vectors: np.ndarray  # (n, d) float32, L2-normalised
+
+
+def _build_index(found: Embeddings, factory: str, modality: str) -> AnyIndex:
+    """An index of `found`: on disk (in shards of `SHARD_ROWS`, in a temporary folder until
+    the library is saved) for a ``disk:`` factory, or one that `auto` picks; else in RAM."""
+    if factory == "auto":
+        factory = default_factory(len(found.rows), found.vectors.shape[1])
+    if not is_disk_factory(factory):
+        return VectorIndex.build(found.vectors, found.rows, factory)
+    shards = [
+        (found.rows[start : start + SHARD_ROWS], found.vectors[start : start + SHARD_ROWS])
+        for start in range(0, len(found.rows), SHARD_ROWS)
+    ]
+    return OnDiskIndex.build(shards, None, factory, stem=modality, count=len(found.rows))
+
+
+def _save_index(index: AnyIndex, directory: Path, modality: str) -> dict:
+    """Write `index` into the staging `directory`; returns its manifest entry."""
+    if isinstance(index, OnDiskIndex):
+        return index.save(directory, modality)
+    index.save(directory / f"{modality}.faiss")
+    return {
+        "file": f"{modality}.faiss",
+        "factory": index.factory,
+        "search_params": index.search_params,
+        "count": len(index),
+        "removed": sorted(index.removed),
+    }
+
+
+def _load_index(directory: Path, entry: dict, mmap: bool) -> AnyIndex:
+    if is_disk_factory(entry["factory"]):
+        return OnDiskIndex.load(directory, entry, verify=False)  # checksums: `_verify_files`
+    return VectorIndex.load(
+        directory / entry["file"],
+        entry["factory"],
+        set(entry.get("removed", [])),
+        mmap=mmap,
+        search_params=entry.get("search_params"),
+    )
 
 
 def embed_cases(
@@ -432,6 +479,10 @@ def _verify_files(directory: Path, manifest: dict) -> None:
             raise IndexFormatError(
                 f"{path} does not match its checksum (corrupt or modified); rebuild the index."
             )
+
+
+def _file_record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
 def _sha256(path: Path) -> str:

@@ -3,7 +3,9 @@
 The index type is data: a FAISS factory string — ``"Flat"`` (exact, the default),
 ``"HNSW32"``, ``"IVF{nlist},SQ8"``, ``"IVF{nlist},PQ{m}"``, ... — or ``"auto"``, which picks
 one for the corpus size (`default_factory`). ``{nlist}`` is filled in from the number of
-vectors at training time. Every index is wrapped in an ID map so results carry case ids;
+vectors at training time. A ``"disk:"`` factory (``"disk:IVF{nlist},SQ8"``, what `auto` picks
+for a library too large to scan) is an `OnDiskIndex` (ondisk.py), built by `CaseLibrary`, not
+here. Every index is wrapped in an ID map so results carry case ids;
 removal is native where FAISS supports it and by tombstones otherwise (HNSW). On a machine
 where FAISS sees a GPU, search runs there; results are the same.
 
@@ -33,12 +35,21 @@ METRIC = "inner_product"
 # the 2-core benchmark machine (42.6 ms at 1M x 256, 33.4 ms at 377k x 512; benchmarks/
 # RESULTS.md). That is 1M vectors at d=256, 500k at d=512.
 EXACT_SCAN_FLOATS = 256_000_000
+DISK_PREFIX = "disk:"  # an on-disk, memory-mapped IVF index (`OnDiskIndex`)
+# What "auto" picks beyond `EXACT_SCAN_FLOATS`: a library that large may not fit in RAM, so
+# its lists live on disk, compressed 4x by SQ8 (provisional, pending the 1M / 10M benchmark).
+LARGE_FACTORY = DISK_PREFIX + "IVF{nlist},SQ8"
 
 
 def default_factory(count: int, dim: int) -> str:
     """The index type `auto` picks: exact search while a single-query scan stays near 50 ms
-    (`EXACT_SCAN_FLOATS`), HNSW32 beyond it."""
-    return "Flat" if count * dim <= EXACT_SCAN_FLOATS else "HNSW32"
+    (`EXACT_SCAN_FLOATS`), the on-disk `LARGE_FACTORY` beyond it."""
+    return "Flat" if count * dim <= EXACT_SCAN_FLOATS else LARGE_FACTORY
+
+
+def is_disk_factory(factory: str) -> bool:
+    """Whether `factory` names an on-disk index (``"disk:IVF..."``, built by `OnDiskIndex`)."""
+    return factory.startswith(DISK_PREFIX)
 
 
 # Exact (Flat) searches of at most this many queries go through `VectorIndex._scan`; larger
@@ -133,6 +144,13 @@ class VectorIndex:
 
         vectors = _as_matrix(vectors)
         resolved = _resolve_factory(factory, len(vectors), vectors.shape[1])
+        if is_disk_factory(resolved):
+            raise ConfigError(
+                f"{resolved!r} (for {factory!r}, {len(vectors)} vectors of {vectors.shape[1]} "
+                "dimensions) is an on-disk index, which VectorIndex does not hold: build the "
+                "library with CaseLibrary.from_embeddings (`medxpert index build`) or the index "
+                "with OnDiskIndex.build, or choose an in-RAM factory such as IVF{nlist},SQ8."
+            )
         try:
             index = faiss.index_factory(
                 vectors.shape[1], f"IDMap2,{resolved}", faiss.METRIC_INNER_PRODUCT
