@@ -82,7 +82,7 @@ def test_auto_factory_rule():
     assert default_factory(1_000_000, 256) == "Flat"
     assert default_factory(377_000, 512) == "Flat"
     assert default_factory(600_000, 512) == LARGE_FACTORY  # on disk (test_ondisk_index.py)
-    assert default_factory(5_000_000, 256) == LARGE_FACTORY == "disk:IVF{nlist},SQ8"
+    assert default_factory(5_000_000, 256) == LARGE_FACTORY == "disk:IVF{nlist}_HNSW32,SQ8"
 
 
 # --- the saved library ----------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 The index type is data: a FAISS factory string — ``"Flat"`` (exact, the default),
 ``"HNSW32"``, ``"IVF{nlist},SQ8"``, ``"IVF{nlist},PQ{m}"``, ... — or ``"auto"``, which picks
 one for the corpus size (`default_factory`). ``{nlist}`` is filled in from the number of
-vectors at training time. A ``"disk:"`` factory (``"disk:IVF{nlist},SQ8"``, what `auto` picks
-for a library too large to scan) is an `OnDiskIndex` (ondisk.py), built by `CaseLibrary`, not
-here. Every index is wrapped in an ID map so results carry case ids;
+vectors at training time. A ``"disk:"`` factory (``"disk:IVF{nlist}_HNSW32,SQ8"``, what
+`auto` picks for a library too large to scan) is an `OnDiskIndex` (ondisk.py), built by
+`CaseLibrary`, not here. Every index is wrapped in an ID map so results carry case ids;
 removal is native where FAISS supports it and by tombstones otherwise (HNSW). On a machine
 where FAISS sees a GPU, search runs there; results are the same.
 
@@ -37,8 +37,10 @@ METRIC = "inner_product"
 EXACT_SCAN_FLOATS = 256_000_000
 DISK_PREFIX = "disk:"  # an on-disk, memory-mapped IVF index (`OnDiskIndex`)
 # What "auto" picks beyond `EXACT_SCAN_FLOATS`: a library that large may not fit in RAM, so
-# its lists live on disk, compressed 4x by SQ8 (provisional, pending the 1M / 10M benchmark).
-LARGE_FACTORY = DISK_PREFIX + "IVF{nlist},SQ8"
+# its lists live on disk, compressed 4x by SQ8 (the only type of the 1M / 10M benchmark that
+# reaches recall@10 0.95 in under 4 GB), with an HNSW coarse quantizer (an exact one spends
+# ~19 min assigning 10M vectors on 2 cores; benchmarks/RESULTS.md, "Scale").
+LARGE_FACTORY = DISK_PREFIX + "IVF{nlist}_HNSW32,SQ8"
 
 
 def default_factory(count: int, dim: int) -> str:
