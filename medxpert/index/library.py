@@ -36,7 +36,14 @@ from medxpert.data.case import TEXT_FIELDS
 from medxpert.encoders import DualEncoder
 from medxpert.errors import IndexFormatError, IndexNotFoundError, StorageError
 from medxpert.index.ondisk import OnDiskIndex
-from medxpert.index.vector_index import METRIC, VectorIndex, default_factory, is_disk_factory
+from medxpert.index.vector_index import (
+    METRIC,
+    VectorIndex,
+    check_file,
+    default_factory,
+    file_sha256,
+    is_disk_factory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -466,31 +473,11 @@ def read_manifest(directory: str | Path) -> dict:
 
 def _verify_files(directory: Path, manifest: dict) -> None:
     for file, expected in manifest["files"].items():
-        path = directory / file
-        if not path.is_file():
-            raise IndexFormatError(f"{path} is missing; rebuild the index.")
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise IndexFormatError(
-                f"{path} is {size} bytes, not the {expected['bytes']} written "
-                "(truncated or replaced); rebuild the index."
-            )
-        if _sha256(path) != expected["sha256"]:
-            raise IndexFormatError(
-                f"{path} does not match its checksum (corrupt or modified); rebuild the index."
-            )
+        check_file(directory / file, expected)
 
 
 def _file_record(path: Path) -> dict:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _versions() -> dict[str, str]:

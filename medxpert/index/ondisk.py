@@ -61,6 +61,9 @@ from medxpert.index.vector_index import (
     DISK_PREFIX,
     _drop_removed,
     _resolve_factory,
+    apply_search_params,
+    check_file,
+    file_sha256,
     is_disk_factory,
     load_faiss,
 )
@@ -250,7 +253,7 @@ class OnDiskIndex:
         truth.finalize()
         tuning = _tune(index, DISK_PREFIX + resolved, query_ids, query_vectors, truth.I)
         built = cls(
-            index, DISK_PREFIX + resolved, directory, stem, written, tuning, _sha256(data_file)
+            index, DISK_PREFIX + resolved, directory, stem, written, tuning, file_sha256(data_file)
         )
         logger.info(
             "built an on-disk %s index of %d vectors (d=%d) in %d shards; nprobe=%d gives "
@@ -273,7 +276,7 @@ class OnDiskIndex:
         differs."""
         directory = Path(directory)
         for name, expected in entry["files"].items():
-            _check_file(directory / name, expected, verify)
+            check_file(directory / name, expected, verify)
         index = _read(directory / entry["file"])
         stem = entry["file"].removesuffix(".faiss")
         loaded = cls(
@@ -310,7 +313,7 @@ class OnDiskIndex:
         }
         own = directory / f"{stem}.faiss"
         files = {
-            f"{stem}.faiss": {"bytes": own.stat().st_size, "sha256": _sha256(own)},
+            f"{stem}.faiss": {"bytes": own.stat().st_size, "sha256": file_sha256(own)},
             f"{stem}.ivfdata": data,
         }
         files.update(
@@ -368,16 +371,7 @@ class OnDiskIndex:
     # --- the VectorIndex interface ---------------------------------------------------------
     def set_search_params(self, params: str) -> None:
         """Set search-time parameters as a FAISS ParameterSpace string (``"nprobe=32"``)."""
-        faiss = load_faiss()
-
-        if params:
-            try:
-                faiss.ParameterSpace().set_index_parameters(self._index, params)
-            except RuntimeError as error:
-                raise ConfigError(
-                    f"search parameters {params!r} do not apply to a "
-                    f"{self.factory} index: {str(error).splitlines()[0]}"
-                ) from None
+        apply_search_params(self._index, params, self.factory)
         self.search_params = params
 
     @property
@@ -571,7 +565,7 @@ def _merge(trained, blocks: Path, shards: list[Shard], data_file: Path, index_fi
     parts = []
     for shard in shards:
         path = blocks / f"{shard.name}.faiss"
-        _check_file(path, asdict(shard), verify=False)
+        check_file(path, asdict(shard), verify=False)
         parts.append(faiss.read_index(str(path), faiss.IO_FLAG_MMAP))
     merged = faiss.clone_index(trained)
     ivf = faiss.extract_index_ivf(merged)
@@ -677,29 +671,6 @@ def _write(index, path: Path) -> tuple[int, str]:
 
         faiss.write_index(index, faiss.PyCallbackIOWriter(write))
     return size, digest.hexdigest()
-
-
-def _check_file(path: Path, expected: dict, verify: bool) -> None:
-    if not path.is_file():
-        raise IndexFormatError(f"{path} is missing; rebuild the index.")
-    size = path.stat().st_size
-    if size != expected["bytes"]:
-        raise IndexFormatError(
-            f"{path} is {size} bytes, not the {expected['bytes']} written (truncated or "
-            "replaced); rebuild the index."
-        )
-    if verify and _sha256(path) != expected["sha256"]:
-        raise IndexFormatError(
-            f"{path} does not match its checksum (corrupt or modified); rebuild the index."
-        )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _link(source: Path, target: Path) -> None:

@@ -18,6 +18,7 @@ of an index read into RAM. A mapped index is read into RAM the first time it is 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import re
@@ -72,6 +73,43 @@ def load_faiss():
     return faiss
 
 
+def apply_search_params(index, params: str, factory: str) -> None:
+    """Set a FAISS ParameterSpace string on `index` ("" leaves it as it is)."""
+    if params:
+        try:
+            load_faiss().ParameterSpace().set_index_parameters(index, params)
+        except RuntimeError as error:
+            raise ConfigError(
+                f"search parameters {params!r} do not apply to a {factory} index: "
+                f"{str(error).splitlines()[0]}"
+            ) from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_file(path: Path, expected: dict, verify: bool = True) -> None:
+    """Refuse a missing index file, or one whose size (or, with `verify`, SHA-256) differs from
+    its record ``{"bytes", "sha256"}``: checked before FAISS reads or maps it."""
+    if not path.is_file():
+        raise IndexFormatError(f"{path} is missing; rebuild the index.")
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        raise IndexFormatError(
+            f"{path} is {size} bytes, not the {expected['bytes']} written (truncated or "
+            "replaced); rebuild the index."
+        )
+    if verify and file_sha256(path) != expected["sha256"]:
+        raise IndexFormatError(
+            f"{path} does not match its checksum (corrupt or modified); rebuild the index."
+        )
+
+
 def default_search_params(factory: str) -> str:
     """Search-time parameters (a FAISS ParameterSpace string) that keep recall@10 high: IVF
     probes 16 lists (all of them when there are fewer), HNSW explores 64 candidates (see the
@@ -118,16 +156,7 @@ class VectorIndex:
     def set_search_params(self, params: str) -> None:
         """Set search-time parameters as a FAISS ParameterSpace string, e.g. ``"nprobe=32"``
         (IVF) or ``"efSearch=128"`` (HNSW); "" keeps the index's own."""
-        faiss = load_faiss()
-
-        if params:
-            try:
-                faiss.ParameterSpace().set_index_parameters(self._index, params)
-            except RuntimeError as error:
-                raise ConfigError(
-                    f"search parameters {params!r} do not apply to a "
-                    f"{self.factory} index: {str(error).splitlines()[0]}"
-                ) from None
+        apply_search_params(self._index, params, self.factory)
         self.search_params = params
         self._search_index = _to_gpu(self._index)
 
