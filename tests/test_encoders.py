@@ -104,6 +104,32 @@ def test_saving_replaces_atomically(tiny, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "no temp or old folders left"
 
 
+def test_a_name_loads_the_saved_model_never_the_untuned_backbone(tiny, tmp_path, monkeypatch):
+    tiny.save(tmp_path / "models" / "medxpert-default")
+    monkeypatch.chdir(tmp_path)  # no folder of that name here: the name is looked up
+    loaded = DualEncoder.load("medxpert-default", models_dir=tmp_path / "models", device="cpu")
+    assert loaded.fingerprint() == tiny.fingerprint()
+    monkeypatch.setenv("MEDXPERT_MODELS_DIR", str(tmp_path / "models"))
+    assert DualEncoder.load("medxpert-default").info["path"] == str(
+        tmp_path / "models" / "medxpert-default"
+    )
+    monkeypatch.setenv("MEDXPERT_MODELS_DIR", str(tmp_path / "empty"))
+    with pytest.raises(ModelNotFoundError) as error:
+        DualEncoder.load("medxpert-default")
+    assert "DualEncoder.create('medxpert-default')" in str(error.value)
+    assert str(tmp_path / "empty" / "medxpert-default") in str(error.value)
+
+
+def test_one_item_gives_one_vector_as_sentence_transformers_does(tiny):
+    one = tiny.encode_texts(TEXTS[0])
+    assert one.shape == (tiny.embed_dim,)
+    np.testing.assert_allclose(one, tiny.encode_texts(TEXTS)[0], atol=1e-5)
+    image = Image.fromarray(gradient())
+    single = tiny.encode_images(png_bytes(gradient()))
+    assert single.shape == (tiny.embed_dim,)
+    np.testing.assert_allclose(single, tiny.encode_images([image, image])[1], atol=1e-5)
+
+
 # --- bad model directories ----------------------------------------------------------------
 def test_missing_directory_and_missing_files(tiny, tmp_path):
     with pytest.raises(ModelNotFoundError, match="medxpert train"):

@@ -1,9 +1,9 @@
 """`DualEncoder`: an open_clip model that embeds chest X-rays and reports in one space.
 
-    encoder = DualEncoder.load("models/medxpert-default")      # a saved model directory
-    encoder = DualEncoder.create("medxpert-default")           # a backbone, untuned
+    encoder = DualEncoder.load("medxpert-default")             # a saved model, by name or folder
+    encoder = DualEncoder.create("medxpert-default")           # a backbone, untuned (explicit)
     images = encoder.encode_images(["a.png", "b.dcm"])         # (2, d) float32, L2-normalised
-    texts = encoder.encode_texts(["Small left effusion."])     # (1, d)
+    text = encoder.encode_texts("Small left effusion.")        # one item: a (d,) vector
 
 A saved model directory is an open_clip ``local-dir:`` model (``open_clip_config.json`` +
 ``open_clip_model.safetensors``) plus ``text_tower/`` (Hugging Face config and tokenizer, so it
@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from medxpert import __version__
 from medxpert.atomic import atomic_directory
+from medxpert.config import Settings
 from medxpert.data.images import ImageSource, open_image
 from medxpert.encoders.device import describe, pick_device
 from medxpert.encoders.hub import require_hub
@@ -114,20 +116,26 @@ class DualEncoder:
 
     @classmethod
     def load(
-        cls, name_or_dir: str | Path, *, device: str = "auto", expect_backbone: str | None = None
+        cls,
+        name_or_dir: str | Path,
+        *,
+        device: str = "auto",
+        expect_backbone: str | None = None,
+        models_dir: str | Path | None = None,
     ) -> DualEncoder:
-        """A saved model directory, or (when no such directory exists) a backbone by name."""
+        """A saved model: a folder, or a name under `models_dir` (default: the settings',
+        MEDXPERT_MODELS_DIR). Never an untuned backbone: that is `create(name)`."""
         path = Path(name_or_dir).expanduser()
+        if not path.exists() and len(path.parts) == 1:
+            path = Path(models_dir or Settings.from_env().models_dir) / path
         if path.is_dir():
             return _load_directory(path, pick_device(device), expect_backbone)
         if path.exists():
             raise ModelFormatError(f"{path} is a file; a model is a directory made by save().")
-        if "/" in str(name_or_dir) and not str(name_or_dir).startswith(HF_HUB_PREFIX):
-            raise ModelNotFoundError(
-                f"no model directory at {path}. Train one with `medxpert train` "
-                "(or ./dev.sh train), or name a backbone such as 'medxpert-default'."
-            )
-        return cls.create(str(name_or_dir), device=device)
+        raise ModelNotFoundError(
+            f"no saved model at {path}. Train one with `medxpert train` (or ./dev.sh train); "
+            f"for an untuned backbone, use DualEncoder.create({str(name_or_dir)!r})."
+        )
 
     # --- saving ------------------------------------------------------------------------
     def save(self, directory: str | Path, *, training: dict | None = None) -> Path:
@@ -305,12 +313,17 @@ class DualEncoder:
 
     # --- encoding ----------------------------------------------------------------------
     def encode_images(
-        self, images: Sequence[ImageSource], batch_size: int = 8, progress: bool | None = None
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        batch_size: int = 8,
+        progress: bool | None = None,
     ) -> np.ndarray:
         """Embed images (paths, bytes or PIL images; PNG, JPEG or DICOM) → (n, d) float32,
-        L2-normalised. Unreadable images raise `InvalidImageError`. (Batch 8: on a CPU the
-        early stages' large feature maps then stay in cache, 3× faster than batch 32 at 224
-        px; benchmarks/RESULTS.md.)"""
+        L2-normalised; one image (not in a list) → its (d,) vector. Unreadable images raise
+        `InvalidImageError`. (Batch 8: on a CPU the early stages' large feature maps then stay
+        in cache, 3× faster than batch 32 at 224 px; benchmarks/RESULTS.md.)"""
+        if isinstance(images, str | Path | bytes | Image.Image):
+            return self.encode_images([images], batch_size, progress)[0]
         if self._image_split is not None and len(images) > 1:
             features = self.image_prefix_features(images, progress=progress)
             return self._encode(
@@ -352,9 +365,11 @@ class DualEncoder:
         )
 
     def encode_texts(
-        self, texts: Sequence[str], batch_size: int = 64, progress: bool | None = None
+        self, texts: str | Sequence[str], batch_size: int = 64, progress: bool | None = None
     ) -> np.ndarray:
-        """Embed texts → (n, d) float32, L2-normalised."""
+        """Embed texts → (n, d) float32, L2-normalised; one text (a str) → its (d,) vector."""
+        if isinstance(texts, str):
+            return self.encode_texts([texts], batch_size, progress)[0]
         if self._text_split is not None and len(texts) > 1 and self.text_tower_frozen():
             features = self.text_prefix_features(texts, batch_size, progress)
             return self._encode(
