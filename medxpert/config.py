@@ -82,6 +82,14 @@ class Settings:
     def max_image_bytes(self) -> int:
         return self.max_image_mb * 1024 * 1024
 
+    def library_path(self, name: str | Path | None = None) -> Path:
+        """A case library's folder: a path as given, a bare name under `indexes_dir` (default:
+        the `encoder` setting's name, the library `medxpert index build` makes)."""
+        if name is None:
+            return self.indexes_dir / self.encoder
+        path = Path(name).expanduser()
+        return path if path.is_dir() or len(path.parts) > 1 else self.indexes_dir / path
+
     def data_dir_candidates(self) -> list[Path]:
         """Where data packs are looked for, in order: MEDXPERT_DATA_DIR, ./data, ../shared/data."""
         root = project_root()

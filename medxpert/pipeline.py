@@ -1,5 +1,6 @@
 """`DiagnosisPipeline`: one query through every stage, timed.
 
+    pipeline = DiagnosisPipeline.load("medxpert-default")   # a library by name, with its model
     pipeline = DiagnosisPipeline.from_artifacts("models/medxpert-default",
                                                 "indexes/medxpert-default")
     diagnosis = pipeline.diagnose(image="cxr.png", note="fever, productive cough", k=10)
@@ -28,15 +29,17 @@ import numpy as np
 from PIL import Image
 
 from medxpert import __version__
-from medxpert.caption import Caption, make_captioner
+from medxpert.caption import Caption, Captioner, make_captioner
+from medxpert.config import Settings
 from medxpert.data.images import DicomHeader, ImageSource, dicom_header, open_image
 from medxpert.data.study import study_key
 from medxpert.errors import InputRefusedError, QueryError
 from medxpert.guard import OVERRIDE, InputGuard, describe_problems
-from medxpert.report import ReportContext, StructuredReport, make_writer
+from medxpert.index.library import library_model
+from medxpert.report import ReportContext, StructuredReport, Writer, make_writer, writer_options
 from medxpert.report.sentences import phrasing_counts
 from medxpert.report.thresholds import default_thresholds, read_thresholds
-from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters, Fusion, Hit, SearchEngine
+from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters, Fusion, Hit, SearchEngine, Target
 from medxpert.retrieval.engine import study_vector
 from medxpert.retrieval.export import hit_record
 from medxpert.retrieval.probabilities import read_blend_weight
@@ -77,8 +80,8 @@ class DiagnosisPipeline:
     def __init__(
         self,
         engine: SearchEngine,
-        captioner,
-        writer,
+        captioner: Captioner,
+        writer: Writer,
         *,
         k: int = 10,
         zero_shot_weight: float = 0.0,
@@ -91,6 +94,30 @@ class DiagnosisPipeline:
         self.thresholds = thresholds or default_thresholds()
         reports = {(study_key(c), c.findings, c.impression) for c in engine.library.cases}
         self.phrasing = phrasing_counts(text for _, *sections in reports for text in sections)
+
+    @classmethod
+    def load(
+        cls,
+        library: str | Path | None = None,
+        *,
+        model: str | Path | None = None,
+        settings: Settings | None = None,
+        **options,
+    ) -> DiagnosisPipeline:
+        """A case library by name (under `settings.indexes_dir`; default: the `encoder`
+        setting's) or folder, with the model its manifest records (under
+        `settings.models_dir`) unless `model` names another. `options` are `from_artifacts`'s;
+        the captioner, writer (with its LLM options), device and k default to the settings'."""
+        settings = settings or Settings.from_env()
+        index_dir = settings.library_path(library)
+        options.setdefault("captioner", settings.captioner)
+        options.setdefault("writer", settings.writer)
+        options.setdefault("device", settings.device)
+        options.setdefault("k", settings.top_k)
+        if options.get("writer_options") is None:
+            options["writer_options"] = writer_options(options["writer"], settings)
+        model_dir = model or library_model(index_dir, settings.models_dir)
+        return cls.from_artifacts(model_dir, index_dir, **options)
 
     @classmethod
     def from_artifacts(
@@ -121,10 +148,11 @@ class DiagnosisPipeline:
         captioner_ = make_captioner(
             captioner, engine.encoder, blip_source=blip_source, models_dir=Path(model_dir).parent
         )
-        if hasattr(captioner_, "calibrate") and "images" in engine.library.indexes:
+        if "images" in engine.library.indexes:
             vectors, cases = engine.library.image_vectors()
             used = captioner_.calibrate(vectors, np.stack([case.labels for case in cases]))
-            logger.info("caption calibrated on the library's images: %s", used)
+            if used is not None:
+                logger.info("caption calibrated on the library's images: %s", used)
         fingerprint = engine.encoder.fingerprint()
         if zero_shot_weight is None:
             zero_shot_weight = read_blend_weight(index_dir, fingerprint)
@@ -149,14 +177,14 @@ class DiagnosisPipeline:
             "encoder_fingerprint": library.encoder_fingerprint,
             "library": str(library.manifest.get("name", "unsaved")),
             "library_fingerprint": library.fingerprint,
-            "captioner": str(getattr(self.captioner, "name", type(self.captioner).__name__)),
-            "writer": str(getattr(self.writer, "name", type(self.writer).__name__)),
+            "captioner": self.captioner.name,
+            "writer": self.writer.name,
         }
 
     @property
     def _may_send_image(self) -> bool:
         """Only a writer the user explicitly allowed to send the image gets it."""
-        return bool(getattr(self.writer, "send_image", False))
+        return self.writer.send_image
 
     def diagnose(
         self,
@@ -204,7 +232,7 @@ class DiagnosisPipeline:
         *,
         images: Sequence[ImageSource] | None = None,
         k: int | None = None,
-        target: str = "both",
+        target: Target = "both",
         filters: Filters | None = None,
         note_weight: float | None = None,
         timings: dict[str, float] | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medxpert.atomic import atomic_directory
@@ -67,6 +68,9 @@ class BlipCaptioner:
             ) from None
         self.model.to(self.device).eval()
         logger.info("BLIP captioner %s on %s", source, describe(self.device))
+
+    def calibrate(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        """Nothing to fit: BLIP generates text from the pixels."""
 
     def caption(self, image: ImageSource | None = None, *, vector=None) -> Caption:
         """Generate a caption of `image` (`vector` is not used: BLIP sees the pixels)."""

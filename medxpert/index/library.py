@@ -3,8 +3,8 @@
     images.faiss     image embeddings of every case with an image
     reports.faiss    report embeddings, one per study (text-only cases included)
     cases.parquet    the case table; a case's id in both indexes is its row number
-    manifest.json    encoder fingerprint, dimension, metric, factory strings, counts, file
-                     sizes and SHA-256 checksums, library versions, creation time
+    manifest.json    the encoder's fingerprint and model folder, dimension, metric, factory
+                     strings, counts, file sizes and SHA-256 checksums, versions, creation time
 
 An on-disk index (factory ``"disk:IVF..."``, what `auto` picks for a library too large to
 scan; ondisk.py) adds ``<modality>.ivfdata``, its memory-mapped lists; its manifest entry
@@ -34,7 +34,14 @@ from medxpert.atomic import atomic_directory
 from medxpert.data import Case, Study, cases_from_frame, cases_to_frame, group_studies, study_key
 from medxpert.data.case import TEXT_FIELDS
 from medxpert.encoders import DualEncoder
-from medxpert.errors import IndexFormatError, IndexNotFoundError, StorageError
+from medxpert.encoders.model import INFO_FILE, read_model_info
+from medxpert.errors import (
+    IndexFormatError,
+    IndexNotFoundError,
+    MedXpertError,
+    ModelNotFoundError,
+    StorageError,
+)
 from medxpert.index.ondisk import OnDiskIndex
 from medxpert.index.vector_index import (
     METRIC,
@@ -66,6 +73,7 @@ class CaseLibrary:
     encoder_backbone: str
     text_sections: tuple[str, ...] = TEXT_FIELDS
     manifest: dict = field(default_factory=dict)
+    encoder_path: str | None = None  # the saved model's folder (None: an unsaved encoder)
 
     def __post_init__(self) -> None:
         self._row_of = {case.case_id: row for row, case in enumerate(self.cases)}
@@ -114,7 +122,12 @@ class CaseLibrary:
             for modality, found in embeddings.items()
         }
         return cls(
-            list(cases), indexes, encoder.fingerprint(), encoder.backbone, tuple(text_sections)
+            list(cases),
+            indexes,
+            encoder.fingerprint(),
+            encoder.backbone,
+            tuple(text_sections),
+            encoder_path=encoder.info.get("path"),
         )
 
     def add_cases(self, encoder: DualEncoder, cases: Sequence[Case], batch_size: int = 8) -> int:
@@ -264,6 +277,7 @@ class CaseLibrary:
             manifest["encoder"]["backbone"],
             tuple(manifest.get("text_sections", TEXT_FIELDS)),
             manifest,
+            manifest["encoder"].get("model_path"),
         )
         if encoder is not None:
             library._check_encoder(encoder)
@@ -323,6 +337,8 @@ class CaseLibrary:
                 "fingerprint": self.encoder_fingerprint,
                 "backbone": self.encoder_backbone,
                 "dim": next(iter(self.indexes.values())).dim,
+                "model": Path(self.encoder_path).name if self.encoder_path else None,
+                "model_path": str(Path(self.encoder_path).resolve()) if self.encoder_path else None,
             },
             "metric": METRIC,
             "text_sections": list(self.text_sections),
@@ -469,6 +485,40 @@ def read_manifest(directory: str | Path) -> dict:
             f"this MedXpert reads format {FORMAT_VERSION}. Rebuild it."
         )
     return manifest
+
+
+def library_model(directory: str | Path, models_dir: str | Path) -> Path:
+    """The saved model a library was built with, so that a library loads from its name alone:
+    the folder its manifest names under `models_dir`, else the path it recorded, else any model
+    under `models_dir` with the fingerprint it recorded (a library from before models were
+    named); each checked by that fingerprint."""
+    encoder = read_manifest(directory)["encoder"]
+    models_dir = Path(models_dir)
+    candidates = [models_dir / encoder["model"]] if encoder.get("model") else []
+    candidates += [Path(encoder["model_path"])] if encoder.get("model_path") else []
+    candidates += (
+        sorted(p for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() else []
+    )
+    for path in candidates:
+        if _saved_fingerprint(path) == encoder["fingerprint"]:
+            return path
+    named = f" ({encoder['model']!r})" if encoder.get("model") else ""
+    raise ModelNotFoundError(
+        f"the library {directory} was built with a {encoder['backbone']} model{named} of "
+        f"fingerprint {encoder['fingerprint']}, and no model under {models_dir} has it. Point "
+        "MEDXPERT_MODELS_DIR at the folder that holds it, pass the model explicitly "
+        "(--model DIR), or rebuild the library with `medxpert index build`."
+    )
+
+
+def _saved_fingerprint(model_dir: Path) -> str | None:
+    """The fingerprint a saved model folder records (None: not a readable model folder)."""
+    if not (model_dir / INFO_FILE).is_file():
+        return None
+    try:
+        return read_model_info(model_dir).get("fingerprint")
+    except MedXpertError:
+        return None
 
 
 def _verify_files(directory: Path, manifest: dict) -> None:

@@ -1,5 +1,6 @@
 """The structured report: schema, the evidence it is written from, and the writers."""
 
+from medxpert.report.base import Writer
 from medxpert.report.context import ReportContext
 from medxpert.report.gemini import GeminiWriter
 from medxpert.report.offline import OfflineWriter
@@ -17,6 +18,7 @@ __all__ = [
     "ReadoutWriter",
     "ReportContext",
     "StructuredReport",
+    "Writer",
     "make_writer",
     "writer_options",
 ]

@@ -76,6 +76,8 @@ class OfflineWriter:
     studies' sentences."""
 
     name = "offline"
+    model = None
+    send_image = False
 
     def __init__(self, bank: SentenceBank | None = None) -> None:
         self._bank = bank

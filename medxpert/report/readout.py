@@ -22,6 +22,8 @@ class ReadoutWriter:
     """`ReadoutWriter().write(context)` → `StructuredReport`."""
 
     name = "readout"
+    model = None
+    send_image = False
 
     def write(self, context: ReportContext) -> StructuredReport:
         p = context.vote.probabilities

@@ -5,6 +5,7 @@ from medxpert.retrieval.engine import (
     TARGETS,
     Filters,
     SearchEngine,
+    Target,
     study_vector,
 )
 from medxpert.retrieval.fusion import (
@@ -29,6 +30,7 @@ __all__ = [
     "Hit",
     "SearchEngine",
     "StudyMatch",
+    "Target",
     "read_fusion",
     "study_vector",
     "write_fusion",

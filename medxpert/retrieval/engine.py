@@ -1,5 +1,6 @@
 """`SearchEngine`: find the prior studies most similar to X-rays, a text, or an X-ray + note.
 
+    engine = SearchEngine.load("medxpert-default")      # a library by name, with its model
     engine = SearchEngine.from_artifacts("models/medxpert-default", "indexes/medxpert-default")
     hits = engine.search(image="cxr.png", note="fever, cough", k=10, target="both")
     hits = engine.search(images=["frontal.png", "lateral.png"], k=10)   # one study
@@ -19,21 +20,24 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
+from medxpert.config import Settings
 from medxpert.data import Case, study_key
 from medxpert.data.images import ImageSource
 from medxpert.encoders import DualEncoder
 from medxpert.errors import QueryError
 from medxpert.index import CaseLibrary
-from medxpert.index.library import read_manifest
+from medxpert.index.library import library_model, read_manifest
 from medxpert.retrieval.fusion import Fusion, read_fusion
 from medxpert.retrieval.hits import Evidence, Hit, StudyMatch
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("reports", "images", "both")
+Target = Literal["reports", "images", "both"]  # the indexes a query searches
+TARGETS: tuple[Target, ...] = get_args(Target)
 MODALITY = {"reports": "report", "images": "image"}
 # The clinical-context A/B (benchmarks/RESULTS.md): at 0.3 the note lowered label P@10 from 0.38
 # to 0.25; at 0.1 it is level with the X-ray alone.
@@ -88,6 +92,25 @@ class SearchEngine:
             raise QueryError(f"note_weight must be between 0 and 1, got {note_weight}.")
         self.library, self.encoder, self.note_weight = library, encoder, note_weight
         self.fusion = fusion if isinstance(fusion, Fusion) else Fusion(fusion or "rrf")
+
+    @classmethod
+    def load(
+        cls,
+        library: str | Path | None = None,
+        *,
+        model: str | Path | None = None,
+        settings: Settings | None = None,
+        **options,
+    ) -> SearchEngine:
+        """A case library by name (under `settings.indexes_dir`; default: the `encoder`
+        setting's) or folder, with the model its manifest records (found under
+        `settings.models_dir`) unless `model` names another; `options` as `from_artifacts`'s
+        (device default: the settings')."""
+        settings = settings or Settings.from_env()
+        index_dir = settings.library_path(library)
+        model_dir = model or library_model(index_dir, settings.models_dir)
+        options.setdefault("device", settings.device)
+        return cls.from_artifacts(model_dir, index_dir, **options)
 
     @classmethod
     def from_artifacts(
@@ -165,7 +188,7 @@ class SearchEngine:
         *,
         images: Sequence[ImageSource] | None = None,
         k: int = 10,
-        target: str = "reports",
+        target: Target = "reports",
         filters: Filters | None = None,
         note_weight: float | None = None,
         fusion: Fusion | None = None,
@@ -183,7 +206,7 @@ class SearchEngine:
         vectors: np.ndarray,
         *,
         k: int = 10,
-        target: str = "reports",
+        target: Target = "reports",
         filters: Filters | None = None,
         fusion: Fusion | None = None,
         query_kind: str = "image",
@@ -202,7 +225,7 @@ class SearchEngine:
         vectors: np.ndarray,
         *,
         k: int = 10,
-        target: str = "both",
+        target: Target = "both",
         filters: Filters | None = None,
     ) -> list[list[list[StudyMatch]]]:
         """Per query, per index searched (reports, then images): its k best studies."""
@@ -231,7 +254,7 @@ class SearchEngine:
         ]
 
     # --- internals ------------------------------------------------------------------------------
-    def _check_k(self, k: int, target: str) -> None:
+    def _check_k(self, k: int, target: Target) -> None:
         if target not in TARGETS:
             raise QueryError(f"target must be one of {', '.join(TARGETS)}, not {target!r}.")
         modalities = ["reports", "images"] if target == "both" else [target]
