@@ -38,7 +38,6 @@ from medxpert.api.state import ApiState
 from medxpert.config import Settings
 from medxpert.errors import MedXpertError
 from medxpert.pipeline import DiagnosisPipeline
-from medxpert.report import writer_options as writer_options_from
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,8 @@ def create_app(
     max_body_bytes: int | None = None,
 ) -> FastAPI:
     """The API around `pipeline`, or around one loaded at startup from `model_dir` and
-    `index_dir` (default: the MEDXPERT_ENCODER ones under models/ and indexes/).
+    `index_dir` (a library name or folder; default: the MEDXPERT_ENCODER one under indexes/;
+    the model: the one its manifest records).
     `writer_options` go to the writer (default: the LLM writers' MEDXPERT_LLM_URL and
     MEDXPERT_LLM_MODEL).
     `api_key` (default: $MEDXPERT_API_KEY) makes every route but /health require it;
@@ -78,23 +78,19 @@ def create_app(
         api_key is not None,
         pipeline=pipeline,
     )
-    model_path = Path(model_dir or settings.models_dir / settings.encoder)
-    index_path = Path(index_dir or settings.indexes_dir / settings.encoder)
+    index_path = settings.library_path(index_dir)
     if pipeline is None:
-        state.model_dir, state.index_dir = model_path, index_path
+        state.index_dir = index_path
 
     def load() -> DiagnosisPipeline:
-        name = writer or settings.writer
-        return DiagnosisPipeline.from_artifacts(
-            model_path,
+        return DiagnosisPipeline.load(
             index_path,
+            model=model_dir,
+            settings=settings,
             captioner=captioner or settings.captioner,
-            writer=name,
-            device=settings.device,
+            writer=writer or settings.writer,
             k=k or settings.top_k,
-            writer_options=writer_options_from(name, settings)
-            if writer_options is None
-            else writer_options,
+            writer_options=writer_options,
         )
 
     @asynccontextmanager

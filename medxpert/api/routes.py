@@ -32,7 +32,6 @@ from medxpert.api.schemas import (
     SearchQuery,
     SearchResponse,
     SimilarityHeatmapForm,
-    Target,
     TextDiagnoseForm,
     multipart_schema,
     one_of,
@@ -42,7 +41,7 @@ from medxpert.data import Case, open_image, study_key
 from medxpert.errors import QueryError
 from medxpert.explain import overlay, png_bytes
 from medxpert.pipeline import Diagnosis, DiagnosisPipeline
-from medxpert.retrieval import Hit
+from medxpert.retrieval import Hit, Target
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -117,8 +116,8 @@ def health(state: State, response: Response) -> Health:
         version=__version__,
         model=ModelInfo(
             backbone=encoder.backbone,
-            fingerprint=encoder.fingerprint(),
-            dir=str(state.model_dir) if state.model_dir else None,
+            fingerprint=library.encoder_fingerprint,  # checked against the encoder at load
+            dir=encoder.info.get("path"),
         ),
         index=IndexInfo(
             name=manifest.get("name"),
@@ -129,9 +128,9 @@ def health(state: State, response: Response) -> Health:
             sources=sorted({case.source for case in library.cases}),
             splits=sorted({case.split for case in library.cases}),
         ),
-        captioner=getattr(pipeline.captioner, "name", type(pipeline.captioner).__name__),
-        writer=getattr(pipeline.writer, "name", type(pipeline.writer).__name__),
-        writer_model=getattr(pipeline.writer, "model", None),
+        captioner=pipeline.captioner.name,
+        writer=pipeline.writer.name,
+        writer_model=pipeline.writer.model,
         k=pipeline.k,
         **limits,
     )

@@ -22,11 +22,10 @@ from pydantic import (
 from medxpert.data import Case
 from medxpert.labels import CHEXPERT_LABELS, positive_labels
 from medxpert.report import StructuredReport
-from medxpert.retrieval import Hit
+from medxpert.retrieval import Hit, Target
 from medxpert.retrieval.engine import MAX_TEXT_CHARS
 from medxpert.retrieval.export import snippet
 
-Target = Literal["reports", "images", "both"]
 ReportFormat = Literal["json", "markdown", "fhir", "dicom-sr"]
 # what each report format is sent as
 FORMAT_MEDIA_TYPES: dict[str, str] = {

@@ -24,7 +24,6 @@ class ApiState:
     settings: Settings
     max_body_bytes: int
     api_key_required: bool
-    model_dir: Path | None = None
     index_dir: Path | None = None
     pipeline: DiagnosisPipeline | None = None
     error: UnavailableError = field(

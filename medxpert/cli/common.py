@@ -11,8 +11,9 @@ from pathlib import Path
 from medxpert.data import Case, load_cases
 
 SHARED_SOURCES = ("nih_cxr14", "iu_xray", "covid_cxr")
-# medxpert.retrieval.FUSION_METHODS, spelt out so that --help need not import torch
+# medxpert.retrieval.FUSION_METHODS and TARGETS, spelt out so that --help need not import torch
 FUSION_CHOICES = ("rrf", "calibrated", "rank", "max-cosine")
+TARGET_CHOICES = ("reports", "images", "both")
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +54,14 @@ def add_fusion_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_llm_arguments(parser: argparse.ArgumentParser) -> None:
-    """--llm-url and --llm-model: the LLM writers' server and model."""
+def add_writer_arguments(parser: argparse.ArgumentParser) -> None:
+    """--writer, and --llm-url and --llm-model: the LLM writers' server and model."""
+    parser.add_argument(
+        "--writer",
+        default=None,
+        help="report writer: offline (default), readout, gemini (needs GEMINI_API_KEY; sends "
+        "de-identified text only) or openai-compatible (a local LLM server: --llm-url)",
+    )
     parser.add_argument(
         "--llm-url",
         default=None,

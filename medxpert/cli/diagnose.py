@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medxpert.cli.common import (
+    TARGET_CHOICES,
     add_artifact_arguments,
     add_fusion_argument,
-    add_llm_arguments,
     add_sample_arguments,
+    add_writer_arguments,
     sample_test_images,
     slug,
 )
-from medxpert.cli.index import library_dir
 from medxpert.config import Settings
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--text", default=None, help="a text query instead of an image")
     add_sample_arguments(parser, "diagnose")
     parser.add_argument("-k", "--k", type=int, default=None, help="cases to retrieve")
-    parser.add_argument("--target", choices=("reports", "images", "both"), default="both")
+    parser.add_argument("--target", choices=TARGET_CHOICES, default="both")
     add_fusion_argument(parser)
     add_artifact_arguments(parser)
     parser.add_argument("--captioner", default=None, help="labels (default) or blip")
@@ -58,13 +58,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         metavar="DIR_OR_HUB_ID",
         help="BLIP weights (default: models/blip-captioner, else the hub model)",
     )
-    parser.add_argument(
-        "--writer",
-        default=None,
-        help="report writer: offline (default), readout, gemini (needs GEMINI_API_KEY; sends "
-        "de-identified text only) or openai-compatible (a local LLM server: --llm-url)",
-    )
-    add_llm_arguments(parser)
+    add_writer_arguments(parser)
     parser.add_argument(
         "--send-image",
         action="store_true",
@@ -202,12 +196,12 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> DiagnosisPipeline
     from medxpert.report import writer_options
 
     writer = args.writer or settings.writer
-    return DiagnosisPipeline.from_artifacts(
-        args.model or settings.models_dir / settings.encoder,
-        library_dir(args.index, settings),
+    return DiagnosisPipeline.load(
+        args.index,
+        model=args.model,
+        settings=settings,
         captioner=args.captioner or settings.captioner,
         writer=writer,
-        device=settings.device,
         k=args.k or settings.top_k,
         writer_options=writer_options(
             writer, settings, model=args.llm_model, url=args.llm_url, send_image=args.send_image

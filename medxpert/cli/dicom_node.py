@@ -9,7 +9,6 @@ import signal
 from pathlib import Path
 
 from medxpert.cli.common import add_artifact_arguments
-from medxpert.cli.index import library_dir
 from medxpert.config import Settings
 
 
@@ -60,18 +59,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> None:
     from medxpert.interop.node import Destination, DicomNode
     from medxpert.pipeline import DiagnosisPipeline
-    from medxpert.report import writer_options
 
     settings = Settings.from_env()
     pipeline = functools.partial(
-        DiagnosisPipeline.from_artifacts,
-        args.model or settings.models_dir / settings.encoder,
-        library_dir(args.index, settings),
-        captioner=settings.captioner,
-        writer=settings.writer,
-        device=settings.device,
-        k=settings.top_k,
-        writer_options=writer_options(settings.writer, settings),
+        DiagnosisPipeline.load, args.index, model=args.model, settings=settings
     )
     node = DicomNode(
         pipeline,

@@ -24,14 +24,12 @@ def add_eval_command(kinds: argparse._SubParsersAction) -> None:
 
 
 def _run_guard(args: argparse.Namespace) -> None:
-    from medxpert.cli.index import library_dir
     from medxpert.guard import library_embedding_guard, write_embedding_guard
     from medxpert.retrieval import SearchEngine
 
     settings = Settings.from_env()
-    index_dir = library_dir(args.index, settings)
-    model = args.model or settings.models_dir / settings.encoder
-    engine = SearchEngine.from_artifacts(model, index_dir, device=settings.device)
+    index_dir = settings.library_path(args.index)
+    engine = SearchEngine.load(index_dir, model=args.model, settings=settings)
     guard = library_embedding_guard(engine.library, engine.encoder.fingerprint())
     path = write_embedding_guard(index_dir, guard)
     meta = guard.meta

@@ -100,11 +100,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def library_dir(name: str | Path | None, settings: Settings) -> Path:
-    """A library folder from a name (under indexes/) or a path."""
-    if name is None:
-        return settings.indexes_dir / settings.encoder
-    path = Path(name)
-    return path if path.is_dir() or len(path.parts) > 1 else settings.indexes_dir / name
+    return settings.library_path(name)
 
 
 def _build(args: argparse.Namespace) -> None:
@@ -113,8 +109,8 @@ def _build(args: argparse.Namespace) -> None:
     from medxpert.index.export import write_embeddings
 
     settings = Settings.from_env()
-    model_dir = args.model or settings.models_dir / settings.encoder
-    name = args.name or Path(model_dir).name
+    model = args.model or settings.encoder  # a folder, or a model's name under models/
+    name = args.name or Path(model).name
     splits = args.split or list(DEFAULT_SPLITS)
     cases = [case for split in splits for case in load_sources(args.source, split)]
     if args.engine == "ray":
@@ -127,12 +123,13 @@ def _build(args: argparse.Namespace) -> None:
             cpus_per_worker=args.cpus_per_worker,
             batch_size=args.batch_size,
         )
-        encoder = DualEncoder.load(model_dir, device="cpu")  # the driver only ships it
+        # the driver only ships the encoder to the workers
+        encoder = DualEncoder.load(model, device="cpu", models_dir=settings.models_dir)
         shards = args.shards or settings.cache_dir / "ray-shards" / Path(name).name
         embeddings = embed_cases_ray(encoder, cases, shards, options=options)
         print(f"Ray shards of the vectors: {shards}")
     else:
-        encoder = DualEncoder.load(model_dir, device=settings.device)
+        encoder = DualEncoder.load(model, device=settings.device, models_dir=settings.models_dir)
         encoder.use_feature_cache(settings.cache_dir / "features")  # the frozen stages, once
         embeddings = embed_cases(encoder, cases, batch_size=args.batch_size)
     library = CaseLibrary.from_embeddings(

@@ -7,13 +7,13 @@ import argparse
 from pathlib import Path
 
 from medxpert.cli.common import (
+    TARGET_CHOICES,
     add_artifact_arguments,
     add_fusion_argument,
     add_sample_arguments,
     sample_test_images,
     slug,
 )
-from medxpert.cli.index import library_dir
 from medxpert.config import Settings
 
 
@@ -61,7 +61,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_sample_arguments(parser, "also query with")
     parser.add_argument("-k", "--k", type=int, default=None, help="results per query")
     add_artifact_arguments(parser)
-    parser.add_argument("--target", choices=("reports", "images", "both"), default="reports")
+    parser.add_argument("--target", choices=TARGET_CHOICES, default="reports")
     add_fusion_argument(parser)
     parser.add_argument("--filter-split", action="append", help="only these splits")
     parser.add_argument("--filter-view", action="append", help="only these views")
@@ -96,12 +96,7 @@ def _run(args: argparse.Namespace) -> None:
         raise QueryError(
             "nothing to search for: give --image PATH, --study PATH..., --text TEXT or --sample N."
         )
-    engine = SearchEngine.from_artifacts(
-        args.model or settings.models_dir / settings.encoder,
-        library_dir(args.index, settings),
-        device=settings.device,
-        fusion=args.fusion,
-    )
+    engine = SearchEngine.load(args.index, model=args.model, settings=settings, fusion=args.fusion)
     filters = None
     if args.filter_split or args.filter_view or args.filter_source:
         filters = Filters.of(args.filter_split, args.filter_view, args.filter_source)

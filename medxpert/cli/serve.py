@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medxpert.cli.common import add_artifact_arguments, add_llm_arguments
-from medxpert.cli.index import library_dir
+from medxpert.cli.common import add_artifact_arguments, add_writer_arguments
 from medxpert.config import Settings
 
 
@@ -27,13 +26,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     add_artifact_arguments(parser)
     parser.add_argument("--captioner", default=None, help="labels (default) or blip")
-    parser.add_argument(
-        "--writer",
-        default=None,
-        help="report writer: offline (default), readout, gemini (needs GEMINI_API_KEY; sends "
-        "de-identified text only) or openai-compatible (a local LLM server: --llm-url)",
-    )
-    add_llm_arguments(parser)
+    add_writer_arguments(parser)
     parser.add_argument("-k", "--k", type=int, default=None, help="cases to retrieve by default")
     parser.add_argument(
         "--no-api-key",
@@ -53,7 +46,7 @@ def _run(args: argparse.Namespace) -> None:
         args.host,
         args.port,
         model_dir=args.model,
-        index_dir=library_dir(args.index, settings),
+        index_dir=settings.library_path(args.index),
         captioner=args.captioner,
         writer=writer,
         writer_options=writer_options(writer, settings, model=args.llm_model, url=args.llm_url),
