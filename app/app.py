@@ -34,13 +34,15 @@ def main() -> None:
         st.error(str(error))
         return
     artifacts = find_artifacts(settings)
-    if not artifacts.libraries or not artifacts.models:
-        st.info(how_to_build(settings, artifacts))
+    if not artifacts.libraries:
+        st.info(how_to_build(settings))
+        for problem in artifacts.problems:
+            st.caption(f"Skipped: {problem}")
         return
     choices = sidebar(settings, artifacts)
     try:
         pipeline = load_pipeline(
-            str(choices.model.path),
+            str(choices.library.model),
             str(choices.library.path),
             captioner=choices.captioner,
             writer=choices.writer,

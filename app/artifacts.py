@@ -1,5 +1,6 @@
-"""What the app loads: the case libraries and models on disk, the pipeline (once per choice),
-the test-split sample X-rays and the gallery's study thumbnails, each cached by Streamlit."""
+"""What the app loads: the case libraries on disk (each with the model it was built with), the
+pipeline (once per choice), the test-split sample X-rays and the gallery's study thumbnails,
+each cached by Streamlit."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from PIL import Image
 
 from medxpert.config import Settings
 from medxpert.data import Case, load_cases
-from medxpert.encoders.model import INFO_FILE, read_model_info
 from medxpert.errors import MedXpertError
 from medxpert.explain import Explainer
-from medxpert.index.library import read_manifest
+from medxpert.index.library import library_model, read_manifest
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.retrieval.export import side_by_side
 
@@ -24,60 +24,40 @@ THUMBNAIL_PX = 256
 
 @dataclass(frozen=True)
 class Library:
-    """A case library folder under indexes/ and what its manifest says."""
+    """A case library folder under indexes/, the model it was built with, its vector counts."""
 
     name: str
     path: Path
-    fingerprint: str  # of the encoder it was built with
+    model: Path  # the saved encoder its manifest records (under models/)
     counts: dict[str, int]  # vectors per index: "images", "reports"
-
-
-@dataclass(frozen=True)
-class Model:
-    """A saved dual encoder under models/."""
-
-    name: str
-    path: Path
-    fingerprint: str
 
 
 @dataclass(frozen=True)
 class Artifacts:
     libraries: list[Library]
-    models: list[Model]
-    problems: list[str]  # folders that look like artifacts but cannot be used, and why
+    problems: list[str]  # folders that look like libraries but cannot be used, and why
 
 
 def find_artifacts(settings: Settings) -> Artifacts:
-    """Every usable library under `settings.indexes_dir` and model under `settings.models_dir`."""
-    libraries, models, problems = [], [], []
+    """Every library under `settings.indexes_dir` whose model is under `settings.models_dir`."""
+    libraries, problems = [], []
     for path in _folders(settings.indexes_dir):
         try:
             manifest = read_manifest(path)
+            model = library_model(path, settings.models_dir)
         except MedXpertError as error:
             problems.append(str(error))
             continue
         counts = {name: entry["count"] for name, entry in manifest["indexes"].items()}
-        libraries.append(Library(path.name, path, manifest["encoder"]["fingerprint"], counts))
-    for path in _folders(settings.models_dir):
-        if not (path / INFO_FILE).is_file():
-            continue  # not a model folder (e.g. blip-captioner)
-        try:
-            models.append(Model(path.name, path, read_model_info(path)["fingerprint"]))
-        except MedXpertError as error:
-            problems.append(str(error))
-    return Artifacts(libraries, models, problems)
+        libraries.append(Library(path.name, path, model, counts))
+    return Artifacts(libraries, problems)
 
 
-def how_to_build(settings: Settings, artifacts: Artifacts) -> str:
+def how_to_build(settings: Settings) -> str:
     """Markdown that says what is missing and the commands that make it."""
-    missing = []
-    if not artifacts.models:
-        missing.append(f"no model in `{settings.models_dir}`")
-    if not artifacts.libraries:
-        missing.append(f"no case library in `{settings.indexes_dir}`")
     return (
-        f"**Nothing to search yet:** {' and '.join(missing)}.\n\n"
+        f"**Nothing to search yet:** no case library in `{settings.indexes_dir}` whose model "
+        f"is in `{settings.models_dir}`.\n\n"
         "Build the offline default (fine-tunes the encoder when there is none, then embeds the "
         "train and val cases, about 12 minutes on 2 CPU cores):\n\n"
         "```bash\n./dev.sh index\n```\n\n"

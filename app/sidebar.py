@@ -1,4 +1,4 @@
-"""The sidebar: case library and model, top-K, target, captioner, writer and note weight."""
+"""The sidebar: case library (with its model), top-K, target, captioner, writer, note weight."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import os
 from dataclasses import dataclass, field
 
 import streamlit as st
-from artifacts import Artifacts, Library, Model
+from artifacts import Artifacts, Library
 
 from medxpert.caption.registry import BLIP_DIR_NAME
 from medxpert.config import Settings
 from medxpert.report import writer_options
 from medxpert.report.gemini import DEFAULT_MODEL, KEY_VARIABLES
-from medxpert.retrieval import DEFAULT_NOTE_WEIGHT
+from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, TARGETS, Target
 
 MAX_K = 50
 CAPTIONER_NAMES = {"labels": "Zero-shot labels (offline)", "blip": "BLIP (transformers)"}
@@ -29,9 +29,8 @@ class Choices:
     """Everything the sidebar lets the user pick."""
 
     library: Library
-    model: Model
     k: int
-    target: str
+    target: Target
     captioner: str
     writer: str
     note_weight: float
@@ -40,15 +39,15 @@ class Choices:
 
 
 def sidebar(settings: Settings, artifacts: Artifacts) -> Choices:
-    """Render the sidebar and return the choices (the artifacts hold a library and a model)."""
+    """Render the sidebar and return the choices (the artifacts hold a library)."""
     with st.sidebar:
         st.header("Settings")
         library = _pick_library(settings, artifacts)
-        model = _pick_model(library, artifacts.models)
+        st.caption(f"Model: `{library.model.name}` (the one this library was built with)")
         for problem in artifacts.problems:
             st.caption(f"Skipped: {problem}")
         st.subheader("Search")
-        targets = [t for t in ("both", "reports", "images") if _count(library, t)]
+        targets = [t for t in sorted(TARGETS, key="both".__ne__) if _count(library, t)]
         target = st.radio("Search in", targets, horizontal=True, key="target")
         most = min(MAX_K, _count(library, target))
         k = st.slider("Top-K cases", 1, most, min(settings.top_k, most), key="k")
@@ -64,7 +63,7 @@ def sidebar(settings: Settings, artifacts: Artifacts) -> Choices:
         st.subheader("Report")
         captioner, blip_dir = _pick_captioner(settings)
         writer, options = _pick_writer(settings)
-    return Choices(library, model, k, target, captioner, writer, note_weight, options, blip_dir)
+    return Choices(library, k, target, captioner, writer, note_weight, options, blip_dir)
 
 
 def _pick_library(settings: Settings, artifacts: Artifacts) -> Library:
@@ -72,25 +71,6 @@ def _pick_library(settings: Settings, artifacts: Artifacts) -> Library:
     default = names.index(settings.encoder) if settings.encoder in names else 0
     name = st.selectbox("Case library", names, index=default, key="library")
     return artifacts.libraries[names.index(name)]
-
-
-def _pick_model(library: Library, models: list[Model]) -> Model:
-    """Models whose fingerprint matches the library's come first (and are the default)."""
-    ordered = sorted(models, key=lambda m: (m.fingerprint != library.fingerprint, m.name))
-    names = [model.name for model in ordered]
-    matches = {model.name for model in ordered if model.fingerprint == library.fingerprint}
-    name = st.selectbox(
-        "Model",
-        names,
-        key=f"model:{library.name}",
-        format_func=lambda n: n if n in matches else f"{n} (built another library)",
-    )
-    if name not in matches:
-        st.warning(
-            f"{library.name} was built with another encoder; pick its model or rebuild the "
-            "library with `medxpert index build --model ...`."
-        )
-    return ordered[names.index(name)]
 
 
 def _pick_captioner(settings: Settings) -> tuple[str, str | None]:
@@ -164,7 +144,7 @@ def _pick_writer(settings: Settings) -> tuple[str, dict]:
     return writer, options
 
 
-def _count(library: Library, target: str) -> int:
+def _count(library: Library, target: Target) -> int:
     if target == "both":
         return sum(library.counts.values())
     return library.counts.get(target, 0)

@@ -221,21 +221,16 @@ def test_no_upload_asks_for_one(env):
     assert not at.exception and "no X-ray uploaded" in at.error[0].value
 
 
-def test_the_sidebar_prefers_the_librarys_model_and_shows_unavailable_backends(env, monkeypatch):
+def test_the_sidebar_shows_the_librarys_model_and_unavailable_backends(env, monkeypatch):
     at = run_app()
-    model = at.selectbox(key="model:medxpert-default")
-    assert model.value == "medxpert-default"
-    assert model.options == ["medxpert-default", f"{UNMATCHED_MODEL} (built another library)"]
+    notes = " ".join(c.value for c in at.sidebar.caption)
+    # the library loads with the model its manifest names, not the one that sorts first
+    assert "Model: `medxpert-default`" in notes and UNMATCHED_MODEL not in notes
     writer, captioner = at.radio(key="writer"), at.radio(key="captioner")
     assert writer.disabled and writer.value == "offline"
     assert captioner.disabled and captioner.value == "labels"
-    notes = " ".join(c.value for c in at.sidebar.caption)
     assert "GEMINI_API_KEY or GOOGLE_API_KEY" in notes
     assert "no local weights" in notes and "medxpert train-captioner" in notes
-    model.select(UNMATCHED_MODEL).run()
-    assert not at.exception
-    assert "built with another encoder" in at.sidebar.warning[0].value
-    assert "Rebuild the index" in at.error[0].value  # the pipeline refuses it; the page stays
 
 
 def test_with_a_key_gemini_can_be_chosen_and_the_key_is_never_shown(env, monkeypatch):
@@ -278,16 +273,23 @@ def test_without_a_library_the_app_says_how_to_build_one(env, monkeypatch, tmp_p
     assert not at.button and not at.radio  # no query until there is a library
 
 
-def test_a_corrupt_model_folder_is_skipped_with_the_reason(env, monkeypatch, tmp_path):
+def test_a_library_without_its_model_is_skipped_with_the_reason(env, monkeypatch, tmp_path):
+    import json
     import shutil
 
+    library = tmp_path / "indexes" / "medxpert-default"
+    shutil.copytree(env.indexes_dir / "medxpert-default", library)
+    manifest = json.loads((library / "manifest.json").read_text())
+    manifest["encoder"]["model_path"] = str(tmp_path / "moved")  # no longer there
+    (library / "manifest.json").write_text(json.dumps(manifest))
     models = tmp_path / "models"
-    shutil.copytree(env.models_dir / "medxpert-default", models / "medxpert-default")
-    (models / "broken").mkdir()
-    (models / "broken" / "medxpert.json").write_text("{truncated")
+    (models / "broken").mkdir(parents=True)
+    (models / "broken" / "medxpert.json").write_text("{truncated")  # an unreadable model folder
     monkeypatch.setenv("MEDXPERT_MODELS_DIR", str(models))
+    monkeypatch.setenv("MEDXPERT_INDEXES_DIR", str(library.parent))
     at = run_app()
-    assert not at.exception
-    assert at.selectbox(key="model:medxpert-default").options == ["medxpert-default"]
-    skipped = [c.value for c in at.sidebar.caption if c.value.startswith("Skipped:")]
-    assert len(skipped) == 1 and "broken" in skipped[0] and "not valid JSON" in skipped[0]
+    assert not at.exception and not at.button  # no query without a usable library
+    assert f"whose model is in `{models}`" in at.info[0].value
+    skipped = [c.value for c in at.caption if c.value.startswith("Skipped:")]
+    assert len(skipped) == 1 and "medxpert-default" in skipped[0]
+    assert f"no model under {models} has it" in skipped[0]
