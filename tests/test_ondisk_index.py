@@ -185,6 +185,7 @@ class StubEncoder:
     """What a library asks of an encoder when it is given the embeddings."""
 
     backbone = "stub"
+    info: dict = {}  # noqa: RUF012 - never saved, so it has no path
 
     def fingerprint(self) -> str:
         return "0123456789abcdef"

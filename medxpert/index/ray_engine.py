@@ -265,8 +265,11 @@ class _Embedder:
 
 
 def _model_files(encoder: DualEncoder, directory: Path) -> dict[str, bytes]:
-    """The encoder's saved files (relative path → bytes), to ship to the actors."""
+    """The encoder's saved files (relative path → bytes), to ship to the actors; the encoder
+    keeps the path it was loaded from, which the library's manifest records."""
+    loaded_from = encoder.info.get("path")
     encoder.save(directory / "model")
+    encoder.info = {**encoder.info, "path": loaded_from}
     root = directory / "model"
     return {
         str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()
