@@ -321,7 +321,7 @@ def test_training_on_cached_frozen_stages_learns_and_embeds_each_image_once(tmp_
     encoder = tiny_encoder(tmp_path)
     frontals = [c for c in cases if c.view == "frontal"]
     before = paired_recall(encoder, frontals, k=5)
-    config = toy_config(epochs=20, freeze=None, frozen_image_stages=1, frozen_text_layers=1)
+    config = toy_config(epochs=40, freeze=None, frozen_image_stages=1, frozen_text_layers=1)
     cache = tmp_path / "features"
     result = finetune(
         encoder, cases, config, out_dir=tmp_path / "model", val_cases=cases, feature_cache=cache
