@@ -117,7 +117,8 @@ def test_a_folder_worklist_writes_reports_tables_and_errors_then_resumes(pipelin
     assert (resumed.done, resumed.skipped, resumed.failed) == (1, 4, 2)
     after = mtimes(out)
     changed = {name for name in after if after[name] != before.get(name)}
-    assert changed == {f"{killed.name}/report.json", f"{killed.name}/report.md", "summary.csv"}
+    # summary.csv is rewritten only when a row changes: the redone study's seconds may round alike
+    assert changed - {"summary.csv"} == {f"{killed.name}/report.json", f"{killed.name}/report.md"}
     assert len(read_csv(out / "summary.csv")) == 5
 
 
