@@ -29,6 +29,7 @@ from medxpert.atomic import atomic_write_json, atomic_write_text
 from medxpert.config import Settings
 from medxpert.data import load_cases
 from medxpert.index import CaseLibrary, VectorIndex
+from medxpert.index.library import library_artifacts
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.retrieval import SearchEngine
 
@@ -111,9 +112,7 @@ def main() -> None:
     args = parse_args()
     settings = Settings.from_env()
     pipeline = DiagnosisPipeline.from_artifacts(
-        settings.models_dir / settings.encoder,
-        settings.indexes_dir / settings.encoder,
-        device="cpu",
+        *library_artifacts(None, None, settings), device="cpu"
     )
     batch = queries(args.queries)
     results = {"packs": run(pipeline, batch, args.k)}

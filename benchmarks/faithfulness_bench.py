@@ -36,6 +36,7 @@ from medxpert.atomic import atomic_write_json
 from medxpert.config import Settings
 from medxpert.data import load_cases
 from medxpert.eval.reports import REPORT_SECTIONS
+from medxpert.index.library import library_artifacts
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report import OfflineWriter, OpenAICompatibleWriter, StructuredReport
 from medxpert.report.deid import deidentify
@@ -65,12 +66,14 @@ INJECTED = {"unsupported finding": UNSUPPORTED, "no citation": UNCITED, "XXXX to
 def parse_args() -> argparse.Namespace:
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=settings.models_dir / settings.encoder)
-    parser.add_argument("--index", type=Path, default=settings.indexes_dir / settings.encoder)
+    parser.add_argument("--index", help="library name or folder (default: MEDXPERT_ENCODER's)")
+    parser.add_argument("--model", type=Path, help="default: the model the library records")
     parser.add_argument("--limit", type=int, default=None, help="at most N test studies")
     parser.add_argument("--k", type=int, default=None, help="studies retrieved (default: top_k)")
     parser.add_argument("--out", type=Path, default=settings.results_dir / "faithfulness.json")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.model, args.index = library_artifacts(args.index, args.model, settings)
+    return args
 
 
 def removals(report: StructuredReport, skip: int = 0) -> list[dict]:

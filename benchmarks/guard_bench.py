@@ -37,6 +37,7 @@ from medxpert.errors import InvalidImageError
 from medxpert.guard import InputGuard
 from medxpert.guard.header import header_problems
 from medxpert.guard.pixels import pixel_problems
+from medxpert.index.library import library_artifacts
 from medxpert.retrieval import SearchEngine
 
 PACKS = ("iu_xray", "nih_cxr14", "covid_cxr")
@@ -146,10 +147,11 @@ def _share(rows: list[dict], key: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     settings = Settings.from_env()
-    parser.add_argument("--model", type=Path, default=settings.models_dir / settings.encoder)
-    parser.add_argument("--index", type=Path, default=settings.indexes_dir / settings.encoder)
+    parser.add_argument("--index", help="library name or folder (default: MEDXPERT_ENCODER's)")
+    parser.add_argument("--model", type=Path, help="default: the model the library records")
     parser.add_argument("--out", type=Path, default=settings.results_dir / "guard_bench.json")
     args = parser.parse_args()
+    args.model, args.index = library_artifacts(args.index, args.model, settings)
 
     engine = SearchEngine.from_artifacts(args.model, args.index, device=settings.device)
     guard = InputGuard.for_library(engine.library, args.index, engine.encoder.fingerprint())

@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--small", type=int, default=32)
-    parser.add_argument("--model", type=Path, default=settings.models_dir / settings.encoder)
+    parser.add_argument("--model", default=settings.encoder, help="model name or folder")
     parser.add_argument("--out", type=Path, default=settings.results_dir / "ray_bench")
     parser.add_argument(
         "--num-gpus-per-worker", type=float, default=0.0, help="GPUs per actor (0: the CPU)"
@@ -115,13 +115,13 @@ def measure(encoder: DualEncoder, n: int, gpus: float) -> dict:
 
 def main() -> None:
     args = parse_args()
-    encoder = DualEncoder.load(args.model, device="cpu")
+    encoder = DualEncoder.load(args.model, models_dir=Settings.from_env().models_dir, device="cpu")
     rows = [measure(encoder, n, args.num_gpus_per_worker) for n in (args.small, args.images)]
     read = reading_rate(encoder, image_cases(min(args.images, 256)))
     report = {
         "date": datetime.now(UTC).date().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "model": str(args.model),
+        "model": encoder.info["path"],
         "num_gpus_per_worker": args.num_gpus_per_worker,
         "rows": rows,
         "read_transform_images_per_s_one_core": read,

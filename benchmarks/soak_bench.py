@@ -40,6 +40,7 @@ from medxpert.api.server import WORKER_HEADER
 from medxpert.atomic import atomic_path, atomic_write_json, atomic_write_text
 from medxpert.config import Settings
 from medxpert.data import load_cases
+from medxpert.index.library import library_artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTE = "Fever, productive cough and shortness of breath for three days."
@@ -50,14 +51,16 @@ MEMORY_FIELDS = ("Rss", "Pss", "Anonymous")
 def parse_args() -> argparse.Namespace:
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=settings.models_dir / settings.encoder)
-    parser.add_argument("--index", type=Path, default=settings.indexes_dir / settings.encoder)
+    parser.add_argument("--index", help="library name or folder (default: MEDXPERT_ENCODER's)")
+    parser.add_argument("--model", type=Path, help="default: the model the library records")
     parser.add_argument("--duration", type=float, default=60, help="seconds per configuration")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--out", type=Path, default=settings.results_dir / "soak_bench")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.model, args.index = library_artifacts(args.index, args.model, settings)
+    return args
 
 
 @dataclass

@@ -31,6 +31,7 @@ from pathlib import Path
 from medxpert.atomic import atomic_write_json, atomic_write_text
 from medxpert.config import Settings
 from medxpert.data import group_studies, load_cases
+from medxpert.index.library import library_artifacts
 from medxpert.interop.worklist import Study
 
 _BATCH_RATE = re.compile(r"in ([\d.]+) s \(([\d.]+) studies/s\)")
@@ -40,10 +41,12 @@ def parse_args() -> argparse.Namespace:
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=30)
-    parser.add_argument("--model", type=Path, default=settings.models_dir / settings.encoder)
-    parser.add_argument("--index", type=Path, default=settings.indexes_dir / settings.encoder)
+    parser.add_argument("--index", help="library name or folder (default: MEDXPERT_ENCODER's)")
+    parser.add_argument("--model", type=Path, help="default: the model the library records")
     parser.add_argument("--out", type=Path, default=settings.results_dir / "worklist_bench")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.model, args.index = library_artifacts(args.index, args.model, settings)
+    return args
 
 
 def iu_studies(n: int) -> list[Study]:

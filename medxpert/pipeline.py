@@ -35,7 +35,7 @@ from medxpert.data.images import DicomHeader, ImageSource, dicom_header, open_im
 from medxpert.data.study import study_key
 from medxpert.errors import InputRefusedError, QueryError
 from medxpert.guard import OVERRIDE, InputGuard, describe_problems
-from medxpert.index.library import library_model
+from medxpert.index.library import library_artifacts
 from medxpert.report import ReportContext, StructuredReport, Writer, make_writer, writer_options
 from medxpert.report.sentences import phrasing_counts
 from medxpert.report.thresholds import default_thresholds, read_thresholds
@@ -109,14 +109,13 @@ class DiagnosisPipeline:
         `settings.models_dir`) unless `model` names another. `options` are `from_artifacts`'s;
         the captioner, writer (with its LLM options), device and k default to the settings'."""
         settings = settings or Settings.from_env()
-        index_dir = settings.library_path(library)
+        model_dir, index_dir = library_artifacts(library, model, settings)
         options.setdefault("captioner", settings.captioner)
         options.setdefault("writer", settings.writer)
         options.setdefault("device", settings.device)
         options.setdefault("k", settings.top_k)
         if options.get("writer_options") is None:
             options["writer_options"] = writer_options(options["writer"], settings)
-        model_dir = model or library_model(index_dir, settings.models_dir)
         return cls.from_artifacts(model_dir, index_dir, **options)
 
     @classmethod

@@ -93,8 +93,9 @@ def _run_retrieval(args: argparse.Namespace) -> None:
     from medxpert.eval.retrieval import KNN_K, Embedder, RetrievalSets, cached, evaluate
 
     settings = Settings.from_env()
-    model_dir = args.model or settings.models_dir / settings.encoder
-    tuned = DualEncoder.load(model_dir, device=settings.device)
+    tuned = DualEncoder.load(
+        args.model or settings.encoder, models_dir=settings.models_dir, device=settings.device
+    )
     torch.manual_seed(0)  # the untuned model's new projection heads: the same every run
     untuned = DualEncoder.create(args.baseline or tuned.backbone, device=settings.device)
     if untuned.backbone == tuned.backbone:  # the same input, so the difference is the tuning
@@ -119,7 +120,7 @@ def _run_retrieval(args: argparse.Namespace) -> None:
     }
     rows = evaluate(models, sets, knn_k=knn_k, n_boot=args.bootstrap)
     meta = {
-        "model": str(model_dir),
+        "model": tuned.info["path"],
         "baseline": untuned.backbone,
         "split": args.split,
         "sets": sets.describe(),
@@ -139,10 +140,9 @@ def _run_retrieval(args: argparse.Namespace) -> None:
 
 
 def _library_image_vectors(name: str, encoder, settings: Settings) -> dict:
-    from medxpert.cli.index import library_dir
     from medxpert.index import CaseLibrary
 
-    vectors = CaseLibrary.load(library_dir(name, settings), encoder=encoder).image_vectors_by_path()
+    vectors = CaseLibrary.load(settings.library_path(name), encoder=encoder).image_vectors_by_path()
     print(f"taking {len(vectors)} image vectors from the case library {name}")
     return vectors
 
@@ -150,18 +150,17 @@ def _library_image_vectors(name: str, encoder, settings: Settings) -> dict:
 def _run_context(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from medxpert.cli.index import library_dir
     from medxpert.data import load_cases
     from medxpert.eval.context import Retrieved, context_items, evaluate_context
     from medxpert.eval.results import write_results
+    from medxpert.index.library import library_artifacts
     from medxpert.labels import CHEXPERT_LABELS
     from medxpert.pipeline import DiagnosisPipeline
     from medxpert.retrieval import DEFAULT_NOTE_WEIGHT, Filters
 
     settings = Settings.from_env()
     pipeline = DiagnosisPipeline.from_artifacts(
-        args.model or settings.models_dir / settings.encoder,
-        library_dir(args.index, settings),
+        *library_artifacts(args.index, args.model, settings),
         device=settings.device,
         note_weight=args.note_weight if args.note_weight is not None else DEFAULT_NOTE_WEIGHT,
     )
@@ -199,20 +198,20 @@ def _run_blend(args: argparse.Namespace) -> None:
     import numpy as np
 
     from medxpert.caption.labels import LabelCaptioner
-    from medxpert.cli.index import library_dir
     from medxpert.data import load_cases
     from medxpert.errors import DataNotFoundError
     from medxpert.eval.blend import BlendQuery, choose_weight, collect, evaluate_blend
     from medxpert.eval.plots import weight_curve
     from medxpert.eval.results import write_results
+    from medxpert.index.library import library_artifacts
     from medxpert.pipeline import DiagnosisPipeline
     from medxpert.retrieval import Filters
     from medxpert.retrieval.probabilities import label_probabilities, write_blend_weight
 
     settings = Settings.from_env()
-    index_dir = library_dir(args.index, settings)
+    model_dir, index_dir = library_artifacts(args.index, args.model, settings)
     pipeline = DiagnosisPipeline.from_artifacts(
-        args.model or settings.models_dir / settings.encoder,
+        model_dir,
         index_dir,
         device=settings.device,
         zero_shot_weight=0.0,

@@ -39,20 +39,18 @@ def add_eval_command(kinds: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from medxpert.cli.index import library_dir
     from medxpert.data import load_cases
     from medxpert.errors import DataNotFoundError, IndexFormatError
     from medxpert.eval.fusion import FusionSet, evaluate_fusion, fusion_queries
     from medxpert.eval.results import write_results
     from medxpert.eval.retrieval import cached
+    from medxpert.index.library import library_artifacts
     from medxpert.labels import NUM_LABELS
     from medxpert.retrieval import Calibration, Filters, Fusion, SearchEngine, write_fusion
 
     settings = Settings.from_env()
-    index_dir = library_dir(args.index, settings)
-    engine = SearchEngine.from_artifacts(
-        args.model or settings.models_dir / settings.encoder, index_dir, device=settings.device
-    )
+    model_dir, index_dir = library_artifacts(args.index, args.model, settings)
+    engine = SearchEngine.from_artifacts(model_dir, index_dir, device=settings.device)
     if not engine.library.count("reports") or not engine.library.count("images"):
         raise DataNotFoundError(
             f"the library {index_dir} needs both a report and an image index to fuse; "

@@ -99,10 +99,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     info.set_defaults(run=_info)
 
 
-def library_dir(name: str | Path | None, settings: Settings) -> Path:
-    return settings.library_path(name)
-
-
 def _build(args: argparse.Namespace) -> None:
     from medxpert.encoders import DualEncoder
     from medxpert.index import CaseLibrary, embed_cases
@@ -139,7 +135,7 @@ def _build(args: argparse.Namespace) -> None:
         image_factory=args.image_factory,
         report_factory=args.report_factory,
     )
-    target = library_dir(name, settings)
+    target = settings.library_path(name)
     library.save(target)
     print(f"case library {target}: {_summary(library.manifest)}")
     if args.embeddings:
@@ -151,7 +147,7 @@ def _info(args: argparse.Namespace) -> None:
     from medxpert.index.library import read_manifest
 
     settings = Settings.from_env()
-    manifest = read_manifest(library_dir(args.name, settings))
+    manifest = read_manifest(settings.library_path(args.name))
     if args.json:
         print(json.dumps(manifest, indent=2))
         return

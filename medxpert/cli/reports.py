@@ -60,12 +60,11 @@ def _add_protocol(parser: argparse.ArgumentParser) -> None:
 
 
 def _pipeline(args: argparse.Namespace, settings: Settings):
-    from medxpert.cli.index import library_dir
+    from medxpert.index.library import library_artifacts
     from medxpert.pipeline import DiagnosisPipeline
 
-    index_dir = library_dir(args.index, settings)
-    model = args.model or settings.models_dir / settings.encoder
-    return DiagnosisPipeline.from_artifacts(model, index_dir, device=settings.device), index_dir
+    model_dir, index_dir = library_artifacts(args.index, args.model, settings)
+    return DiagnosisPipeline.from_artifacts(model_dir, index_dir, device=settings.device), index_dir
 
 
 def _evidence(pipeline):
@@ -122,7 +121,7 @@ def _run_reports(args: argparse.Namespace) -> None:
         systems,
         title=f"Report quality (protocol {args.protocol})",
         meta={
-            "model": str(args.model or settings.models_dir / settings.encoder),
+            "model": pipeline.engine.encoder.info["path"],
             "library": str(index_dir),
             "protocol": args.protocol,
             "bootstrap": args.bootstrap,

@@ -31,6 +31,7 @@ import pandas as pd
 
 from medxpert import __version__
 from medxpert.atomic import atomic_directory
+from medxpert.config import Settings
 from medxpert.data import Case, Study, cases_from_frame, cases_to_frame, group_studies, study_key
 from medxpert.data.case import TEXT_FIELDS
 from medxpert.encoders import DualEncoder
@@ -485,6 +486,15 @@ def read_manifest(directory: str | Path) -> dict:
             f"this MedXpert reads format {FORMAT_VERSION}. Rebuild it."
         )
     return manifest
+
+
+def library_artifacts(
+    library: str | Path | None, model: str | Path | None, settings: Settings
+) -> tuple[Path, Path]:
+    """(model folder, library folder) for a library by name or folder (default: the `encoder`
+    setting's) and the model its manifest records unless `model` names another."""
+    index_dir = settings.library_path(library)
+    return Path(model) if model else library_model(index_dir, settings.models_dir), index_dir
 
 
 def library_model(directory: str | Path, models_dir: str | Path) -> Path:

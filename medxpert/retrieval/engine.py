@@ -30,7 +30,7 @@ from medxpert.data.images import ImageSource
 from medxpert.encoders import DualEncoder
 from medxpert.errors import QueryError
 from medxpert.index import CaseLibrary
-from medxpert.index.library import library_model, read_manifest
+from medxpert.index.library import library_artifacts, read_manifest
 from medxpert.retrieval.fusion import Fusion, read_fusion
 from medxpert.retrieval.hits import Evidence, Hit, StudyMatch
 
@@ -107,8 +107,7 @@ class SearchEngine:
         `settings.models_dir`) unless `model` names another; `options` as `from_artifacts`'s
         (device default: the settings')."""
         settings = settings or Settings.from_env()
-        index_dir = settings.library_path(library)
-        model_dir = model or library_model(index_dir, settings.models_dir)
+        model_dir, index_dir = library_artifacts(library, model, settings)
         options.setdefault("device", settings.device)
         return cls.from_artifacts(model_dir, index_dir, **options)
 
