@@ -34,6 +34,19 @@ def shared_pack():
     return locate
 
 
+@pytest.fixture(scope="session")
+def make_workspace(shared_pack):
+    """`make_workspace(root)` → the MEDXPERT_* environment of a tiny workspace under `root`
+    (tests.builders.tiny_workspace on miniatures of the three shared packs)."""
+    from tests.builders import tiny_workspace
+
+    def make(root) -> dict[str, str]:
+        shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
+        return tiny_workspace(root, shared)
+
+    return make
+
+
 @pytest.fixture
 def settings(tmp_path):
     """Settings whose artifacts and cache live in a temporary folder."""

@@ -25,16 +25,15 @@ from medxpert.index import CaseLibrary
 from medxpert.labels import CHEXPERT_LABELS, positive_labels
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.retrieval import SearchEngine
-from tests.builders import gradient, png_bytes, serve_process, tiny_workspace, wait_for_health
+from tests.builders import gradient, png_bytes, serve_process, wait_for_health
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, shared_pack) -> tuple[Path, dict[str, str]]:
+def workspace(tmp_path_factory, make_workspace) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("api")
-    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
-    return root, tiny_workspace(root, shared)
+    return root, make_workspace(root)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from medxpert.config import Settings
 from medxpert.data.locate import find_pack
 from medxpert.errors import DataNotFoundError
 from medxpert.pipeline import DiagnosisPipeline
-from tests.builders import tiny_workspace
 
 EXAMPLES = 30  # per route and phase
 
@@ -43,11 +42,10 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", create_app())
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, shared_pack):
+def app(tmp_path_factory, make_workspace):
     """The app around a pipeline on a tiny workspace (as in tests/test_api.py)."""
     root = tmp_path_factory.mktemp("fuzz")
-    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
-    workspace = Settings.from_env(tiny_workspace(root, shared))
+    workspace = Settings.from_env(make_workspace(root))
     pipeline = DiagnosisPipeline.from_artifacts(
         workspace.models_dir / "medxpert-default",
         workspace.indexes_dir / "medxpert-default",

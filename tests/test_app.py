@@ -16,7 +16,7 @@ from medxpert.data import load_cases
 from medxpert.eval.context import history_note
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report.gemini import KEY_VARIABLES
-from tests.builders import dicom_bytes, gradient, png_bytes, tiny_encoder, tiny_workspace
+from tests.builders import dicom_bytes, gradient, png_bytes, tiny_encoder
 
 APP = Path(__file__).resolve().parents[1] / "app" / "app.py"
 TIMEOUT_S = 120  # a script run that loads the pipeline; later runs take about a second
@@ -26,11 +26,10 @@ UNMATCHED_MODEL = "a-untuned"  # sorts first, but the library was not built with
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, shared_pack) -> dict[str, str]:
+def workspace(tmp_path_factory, make_workspace) -> dict[str, str]:
     """A tiny model and its library, plus a second model the library was not built with."""
     root = tmp_path_factory.mktemp("app_workspace")
-    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
-    environment = tiny_workspace(root, shared)
+    environment = make_workspace(root)
     models = Path(environment["MEDXPERT_MODELS_DIR"])
     tiny_encoder(root / "other", seed=1).save(models / UNMATCHED_MODEL)
     return environment

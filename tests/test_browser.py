@@ -17,7 +17,6 @@ from medxpert.config import Settings
 from medxpert.data import load_cases
 from medxpert.index import CaseLibrary
 from medxpert.pipeline import DiagnosisPipeline
-from tests.builders import tiny_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +35,8 @@ def browser() -> None:
     pytest.skip(reason)
 
 
-def test_text_query_and_uploads_in_headless_chromium(browser, shared_pack, tmp_path):
-    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
-    environment = tiny_workspace(tmp_path / "workspace", shared)
+def test_text_query_and_uploads_in_headless_chromium(browser, make_workspace, tmp_path):
+    environment = make_workspace(tmp_path / "workspace")
     settings = Settings.from_env(environment)
     model, index = (
         settings.models_dir / "medxpert-default",

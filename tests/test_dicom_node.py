@@ -25,7 +25,7 @@ from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from medxpert.cli import main
 from medxpert.interop.node import Destination, DicomNode
-from tests.builders import dicom_bytes, tiny_pipeline, tiny_workspace
+from tests.builders import dicom_bytes, tiny_pipeline
 
 CALLING_AE = "MODALITY"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -254,9 +254,8 @@ def test_a_bad_send_to_is_a_user_error(tmp_path, capsys):
     assert "HOST:PORT:AE" in capsys.readouterr().err
 
 
-def test_the_command_serves_until_sigterm(shared_pack, dicom_tool, tmp_path):
-    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
-    environment = {**os.environ, **tiny_workspace(tmp_path / "workspace", shared)}
+def test_the_command_serves_until_sigterm(make_workspace, dicom_tool, tmp_path):
+    environment = {**os.environ, **make_workspace(tmp_path / "workspace")}
     port = free_port()
     command = [sys.executable, "-m", "medxpert", "dicom-node", "--out", str(tmp_path / "out")]
     process = subprocess.Popen(

@@ -21,16 +21,15 @@ from medxpert.errors import ModelNotFoundError
 from medxpert.index import CaseLibrary, embed_cases
 from medxpert.index.library import MANIFEST, library_model
 from medxpert.pipeline import DiagnosisPipeline
-from tests.builders import tiny_encoder, tiny_workspace
+from tests.builders import tiny_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, shared_pack) -> tuple[Path, dict[str, str]]:
+def workspace(tmp_path_factory, make_workspace) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("public")
-    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
-    return root, tiny_workspace(root, shared)
+    return root, make_workspace(root)
 
 
 @pytest.fixture

@@ -14,16 +14,15 @@ import pytest
 from medxpert.api.server import CONFIG_VARIABLE, WORKER_HEADER, worker_app
 from medxpert.cli import main
 from medxpert.errors import ConfigError
-from tests.builders import serve_process, tiny_workspace, wait_for_health
+from tests.builders import serve_process, wait_for_health
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, shared_pack) -> dict[str, str]:
+def workspace(tmp_path_factory, make_workspace) -> dict[str, str]:
     root = tmp_path_factory.mktemp("serve")
-    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
-    return tiny_workspace(root, shared)
+    return make_workspace(root)
 
 
 def parent_of(pid: int) -> int:

@@ -18,7 +18,7 @@ import pytest
 from medxpert.cli import main
 from medxpert.errors import ConfigError, DataFormatError
 from medxpert.interop.worklist import OUTPUTS, Study, parse_formats, read_worklist, run_worklist
-from tests.builders import dicom_bytes, gradient, png_bytes, tiny_pipeline, tiny_workspace
+from tests.builders import dicom_bytes, gradient, png_bytes, tiny_pipeline
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 
@@ -194,14 +194,13 @@ def test_formats_and_folder_names():
 
 
 def test_the_cli_diagnoses_a_worklist_and_one_query_with_sr_and_fhir(
-    tmp_path, shared_pack, monkeypatch, capsys
+    tmp_path, shared_pack, make_workspace, monkeypatch, capsys
 ):
-    shared = {pack: shared_pack(pack) for pack in ("nih_cxr14", "iu_xray", "covid_cxr")}
-    for name, value in tiny_workspace(tmp_path / "workspace", shared).items():
+    for name, value in make_workspace(tmp_path / "workspace").items():
         monkeypatch.setenv(name, value)
     folder = tmp_path / "in"
     folder.mkdir()
-    images = sorted((shared["iu_xray"] / "images").iterdir())[:2]
+    images = sorted((shared_pack("iu_xray") / "images").iterdir())[:2]
     for image in images:
         shutil.copy(image, folder / image.name)
     (folder / "empty.png").write_bytes(b"")
