@@ -1,0 +1,120 @@
+"""The package outside the checkout: the wheel built from pyproject.toml installs into a fresh
+venv with its declared dependency ranges met, and its console script searches a tiny library
+from a folder that is not the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DATA = (
+    "medxpert/encoders/backbones.json",
+    "medxpert/encoders/model_configs/medxpert-default.json",
+    "medxpert/labels/data/observations.json",
+)
+
+
+def declared() -> dict[str, Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [
+        r for name, rs in project["optional-dependencies"].items() if name != "all" for r in rs
+    ]
+    return {
+        canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"] + extras)
+    }
+
+
+def pins(file: str) -> dict[str, str]:
+    lines = (ROOT / file).read_text().splitlines()
+    found = (Requirement(line.split("#")[0]) for line in lines if line.split("#")[0].strip())
+    return {canonicalize_name(r.name): next(iter(r.specifier)).version for r in found}
+
+
+@pytest.mark.parametrize("file", ["requirements.txt", "requirements-gpu.txt"])
+def test_every_pin_is_declared_in_pyproject_within_its_range(file):
+    ranges = declared()
+    outside = {
+        name: (version, str(ranges[name].specifier) if name in ranges else "undeclared")
+        for name, version in pins(file).items()
+        if name not in ranges or not ranges[name].specifier.contains(version)
+    }
+    assert outside == {}
+
+
+def fresh_environment() -> dict[str, str]:
+    """This environment without pip's local find-links and config, so that `--no-index` can
+    install nothing but the wheel itself, and without a path back into the checkout."""
+    drop = ("PIP_", "PYTHONPATH", "VIRTUAL_ENV")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return {**environment, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the sources, installed into a fresh venv whose only other
+    path is this interpreter's site-packages (the pinned dependencies; nothing is downloaded).
+    Returns the venv's bin folder."""
+    root = tmp_path_factory.mktemp("package")
+    source = root / "source"
+    shutil.copytree(
+        ROOT / "medxpert", source / "medxpert", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    environment = fresh_environment()
+    pip = [sys.executable, "-m", "pip"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", root / "dist"]
+    subprocess.run([*build, source], check=True, env=environment, capture_output=True)
+    (wheel,) = (root / "dist").glob("medxpert-*.whl")
+    assert set(PACKAGE_DATA) <= set(zipfile.ZipFile(wheel).namelist())
+
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    purelib = Path(sysconfig.get_paths(vars={"base": str(venv)})["purelib"])
+    (purelib / "_pinned_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    install = [*pip, "--python", venv / "bin" / "python", "install", "--no-index"]
+    done = subprocess.run(
+        [*install, f"{wheel}[cpu,api]"], env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return venv / "bin"
+
+
+@pytest.mark.slow
+def test_the_installed_package_is_the_wheels_not_the_checkouts(installed, tmp_path):
+    where = subprocess.run(
+        [installed / "python", "-c", "import medxpert; print(medxpert.__file__)"],
+        cwd=tmp_path,
+        env=fresh_environment(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(installed.parent)
+
+
+@pytest.mark.slow
+def test_the_console_script_helps_and_searches_a_tiny_library(installed, make_workspace, tmp_path):
+    environment = {**fresh_environment(), **make_workspace(tmp_path / "workspace")}
+    run = {"cwd": tmp_path, "env": environment, "capture_output": True, "text": True}
+    helped = subprocess.run([installed / "medxpert", "--help"], **run)
+    assert helped.returncode == 0 and "search" in helped.stdout
+    out = tmp_path / "hits.json"
+    query = ["search", "--text", "right pleural effusion", "-k", "3", "--json", str(out)]
+    searched = subprocess.run([installed / "medxpert", *query], **run)
+    assert searched.returncode == 0, searched.stderr
+    hits = json.loads(out.read_text())
+    assert [(hit["query"], hit["rank"]) for hit in hits] == [(query[2], rank) for rank in (1, 2, 3)]
+    assert len({hit["study_id"] for hit in hits}) == 3
