@@ -36,7 +36,7 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         type=Path,
         default=None,
-        help="model directory (default: models/<MEDXPERT_ENCODER>)",
+        help="model folder or name (default: the one the library records)",
     )
     parser.add_argument(
         "--index", default=None, help="library name or folder (default: indexes/<MEDXPERT_ENCODER>)"
