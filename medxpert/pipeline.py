@@ -32,7 +32,6 @@ from medxpert import __version__
 from medxpert.caption import Caption, Captioner, make_captioner
 from medxpert.config import Settings
 from medxpert.data.images import DicomHeader, ImageSource, dicom_header, open_image
-from medxpert.data.study import study_key
 from medxpert.errors import InputRefusedError, QueryError
 from medxpert.guard import OVERRIDE, InputGuard, describe_problems
 from medxpert.index.library import library_artifacts
@@ -92,7 +91,7 @@ class DiagnosisPipeline:
         self.guard = guard or InputGuard()
         self.zero_shot_weight = zero_shot_weight
         self.thresholds = thresholds or default_thresholds()
-        reports = {(study_key(c), c.findings, c.impression) for c in engine.library.cases}
+        reports = {(c.study_key, c.findings, c.impression) for c in engine.library.cases}
         self.phrasing = phrasing_counts(text for _, *sections in reports for text in sections)
 
     @classmethod

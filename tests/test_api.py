@@ -18,7 +18,7 @@ from PIL import Image
 from medxpert.api import API_KEY_HEADER, check_exposure, create_app
 from medxpert.cli import main
 from medxpert.config import Settings
-from medxpert.data import Case, open_image, study_key
+from medxpert.data import Case, open_image
 from medxpert.errors import ConfigError
 from medxpert.explain import Explainer
 from medxpert.index import CaseLibrary
@@ -65,9 +65,9 @@ def study_views(pipeline) -> list[tuple[str, bytes]]:
     """The frontal and lateral X-rays of an IU study of the library: file names and bytes."""
     library = pipeline.engine.library
     study = next(
-        library.study(study_key(case))
+        library.study(case.study_key)
         for case in library.cases
-        if case.view == "lateral" and len(library.study(study_key(case)).images) == 2
+        if case.view == "lateral" and len(library.study(case.study_key).images) == 2
     )
     return [(Path(c.image_path).name, Path(c.image_path).read_bytes()) for c in study.images]
 
@@ -79,7 +79,7 @@ def assert_real_hits(hits: list[dict], pipeline: DiagnosisPipeline, k: int) -> N
     assert len({hit["study_id"] for hit in hits}) == k
     for hit in hits:
         case = library.case(library.row_of(hit["case_id"]))
-        assert hit["study_id"] == study_key(case)
+        assert hit["study_id"] == case.study_key
         assert hit["source"] == case.source and hit["split"] == case.split
         assert hit["labels"] == positive_labels(case.labels)
         assert hit["has_image"] == case.has_image
@@ -87,7 +87,7 @@ def assert_real_hits(hits: list[dict], pipeline: DiagnosisPipeline, k: int) -> N
         assert hit["images"] == [{"case_id": c.case_id, "view": c.view} for c in images]
         assert hit["evidence"] and hit["evidence"][0]["modality"] == hit["modality"]
         for evidence in hit["evidence"]:
-            assert study_key(library.case(library.row_of(evidence["case_id"]))) == hit["study_id"]
+            assert library.case(library.row_of(evidence["case_id"])).study_key == hit["study_id"]
 
 
 def test_health_reports_the_model_the_index_and_its_counts(client, pipeline):
@@ -377,7 +377,7 @@ def test_every_error_has_the_documented_shape(client, xray):
 def test_search_says_why_fewer_hits_than_k_came_back(client, pipeline):
     library = pipeline.engine.library
     images = library.count("images")
-    studies = {study_key(library.case(row)) for row in library.indexes["images"].ids()}
+    studies = {library.case(row).study_key for row in library.indexes["images"].ids()}
     assert len(studies) < images  # a study's views are one hit
     body = client.post("/search", json={"text": "edema", "k": images, "target": "images"}).json()
     assert body["k"] == images and len(body["hits"]) == len(studies)

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from medxpert.data import Case, study_key
+from medxpert.data import Case
 from medxpert.errors import ConfigError, IndexFormatError, InvalidImageError, QueryError
 from medxpert.index import CaseLibrary
 from medxpert.index.library import Embeddings
@@ -50,7 +50,7 @@ def check_against_numpy(engine: SearchEngine, query: np.ndarray, hits, modality:
     stored = engine.library.stored_vectors(modality)
     best: dict[str, float] = {}
     for row, score in zip(stored.rows, stored.vectors @ query.ravel(), strict=True):
-        study = study_key(engine.library.case(row))
+        study = engine.library.case(row).study_key
         best[study] = max(best.get(study, -np.inf), float(score))
     expected = sorted(best.values(), reverse=True)[: len(hits)]
     np.testing.assert_allclose([h.score for h in hits], expected, rtol=1e-5, atol=1e-6)

@@ -37,7 +37,7 @@ from medxpert.api.schemas import (
     one_of,
 )
 from medxpert.api.state import ApiState, Pipeline, State
-from medxpert.data import Case, open_image, study_key
+from medxpert.data import Case, open_image
 from medxpert.errors import QueryError
 from medxpert.explain import overlay, png_bytes
 from medxpert.pipeline import Diagnosis, DiagnosisPipeline
@@ -363,7 +363,7 @@ def _shortfall(pipeline: DiagnosisPipeline, target: Target, k: int, hits: list[H
         return None
     library, modalities = pipeline.engine.library, _modalities(target)
     studies = {
-        study_key(library.case(row))
+        library.case(row).study_key
         for modality in modalities
         if modality in library.indexes
         for row in library.indexes[modality].ids()

@@ -18,7 +18,7 @@ from medxpert.data.images import ACCEPTED, DICOM_HEADER_KEY, DicomHeader, dicom_
 from medxpert.data.locate import find_pack
 from medxpert.data.registry import load_cases, reader_options, sources
 from medxpert.data.report_sections import findings_and_impression, split_sections
-from medxpert.data.study import Study, group_studies, normalise_report, report_groups, study_key
+from medxpert.data.study import Study, group_studies, normalise_report, report_groups
 
 __all__ = [
     "ACCEPTED",
@@ -43,5 +43,4 @@ __all__ = [
     "report_groups",
     "sources",
     "split_sections",
-    "study_key",
 ]

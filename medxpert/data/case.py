@@ -73,6 +73,11 @@ class Case:
     def has_text(self) -> bool:
         return bool(self.findings or self.impression or self.report)
 
+    @property
+    def study_key(self) -> str:
+        """The study this case belongs to: its study id, else (a study of one) its case id."""
+        return self.study_id or self.case_id
+
     def text(self, sections: Iterable[str] = TEXT_FIELDS) -> str:
         """The case's text: the named sections joined (impression + findings by default),
         falling back to the full report when those sections are empty."""

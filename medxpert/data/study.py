@@ -58,16 +58,12 @@ class Study:
         return self.first.text(sections)
 
 
-def study_key(case: Case) -> str:
-    return case.study_id or case.case_id
-
-
 def group_studies(cases: Iterable[Case]) -> list[Study]:
     """Studies in the order their first case appears; views sorted frontal, lateral, other
     (then by case id), so a study's query image is always the same one."""
     grouped: dict[str, list[Case]] = {}
     for case in cases:
-        grouped.setdefault(study_key(case), []).append(case)
+        grouped.setdefault(case.study_key, []).append(case)
     return [Study(key, tuple(sorted(members, key=_view_order))) for key, members in grouped.items()]
 
 

@@ -32,7 +32,7 @@ import pandas as pd
 from medxpert import __version__
 from medxpert.atomic import atomic_directory
 from medxpert.config import Settings
-from medxpert.data import Case, Study, cases_from_frame, cases_to_frame, group_studies, study_key
+from medxpert.data import Case, Study, cases_from_frame, cases_to_frame, group_studies
 from medxpert.data.case import TEXT_FIELDS
 from medxpert.encoders import DualEncoder
 from medxpert.encoders.model import INFO_FILE, read_model_info
@@ -136,9 +136,7 @@ class CaseLibrary:
         on-disk index cannot take them: refused, the library unchanged."""
         self._check_encoder(encoder)
         new = [case for case in cases if case.case_id not in self._row_of]
-        indexed_studies = {
-            case.study_id or case.case_id for case in self.cases if case.text(self.text_sections)
-        }
+        indexed_studies = {case.study_key for case in self.cases if case.text(self.text_sections)}
         start = len(self.cases)
         image_rows, report_rows = rows_to_embed(
             new, self.text_sections, offset=start, known_studies=indexed_studies
@@ -173,7 +171,7 @@ class CaseLibrary:
         return self._row_of.get(case_id)
 
     def study_rows(self, study_id: str) -> tuple[int, ...]:
-        """The rows of a study (key: `study_key`, its study id or else its case id), in table
+        """The rows of a study (key: `Case.study_key`, its study id or else its case id), in table
         order; empty for an unknown study."""
         return tuple(self._study_rows.get(study_id, ()))
 
@@ -304,7 +302,7 @@ class CaseLibrary:
 
     def _add_study_rows(self, start: int) -> None:
         for row in range(start, len(self.cases)):
-            self._study_rows.setdefault(study_key(self.cases[row]), []).append(row)
+            self._study_rows.setdefault(self.cases[row].study_key, []).append(row)
 
     def _check_appendable(self, rows: dict[str, list[int]]) -> None:
         for modality, new_rows in rows.items():
@@ -443,7 +441,7 @@ def rows_to_embed(
     for row, case in enumerate(cases, start=offset):
         if case.has_image:
             image_rows.append(row)
-        study = case.study_id or case.case_id
+        study = case.study_key
         if case.text(sections) and study not in seen:
             seen.add(study)
             report_rows.append(row)

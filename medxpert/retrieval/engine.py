@@ -25,7 +25,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from medxpert.config import Settings
-from medxpert.data import Case, study_key
+from medxpert.data import Case
 from medxpert.data.images import ImageSource
 from medxpert.encoders import DualEncoder
 from medxpert.errors import QueryError
@@ -305,7 +305,7 @@ class SearchEngine:
             if filters is not None and not filters.allows(case):
                 continue
             passed += 1
-            study = study_key(case)
+            study = case.study_key
             if study in evidence or len(evidence) < k:
                 item = Evidence(MODALITY[modality], case.case_id, case.view, float(score), passed)
                 evidence.setdefault(study, []).append(item)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medxpert.data import Case, study_key
+from medxpert.data import Case
 
 MODALITY_ORDER = ("report", "image")  # the order of the indexes; breaks ties between them
 
@@ -71,7 +71,7 @@ class Hit:
 
     def __post_init__(self) -> None:
         if not self.study_id:
-            object.__setattr__(self, "study_id", study_key(self.case))
+            object.__setattr__(self, "study_id", self.case.study_key)
         if not self.images and self.case.has_image:
             object.__setattr__(self, "images", (self.case,))
         if not self.evidence:
