@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -118,3 +120,79 @@ def test_the_console_script_helps_and_searches_a_tiny_library(installed, make_wo
     hits = json.loads(out.read_text())
     assert [(hit["query"], hit["rank"]) for hit in hits] == [(query[2], rank) for rank in (1, 2, 3)]
     assert len({hit["study_id"] for hit in hits}) == 3
+
+
+def dockerfile(name: str) -> dict[str, list[str]]:
+    """A Dockerfile's instructions by keyword, continuation lines joined."""
+    text = (ROOT / name).read_text().replace("\\\n", " ")
+    instructions: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            keyword, _, rest = line.strip().partition(" ")
+            instructions.setdefault(keyword, []).append(" ".join(rest.split()))
+    return instructions
+
+
+def test_both_images_serve_the_same_way_as_a_user_who_is_not_root():
+    cpu, cuda = dockerfile("Dockerfile"), dockerfile("Dockerfile.cuda")
+    for keyword in ("CMD", "HEALTHCHECK", "VOLUME", "USER", "EXPOSE"):
+        assert cpu[keyword] == cuda[keyword], keyword
+    assert cpu["USER"] == ["medxpert"]
+    volumes = set(json.loads(cpu["VOLUME"][0]))
+    environment = " ".join(cpu["ENV"])
+    for variable in ("MODELS_DIR", "INDEXES_DIR", "DATA_DIR"):
+        folder = environment.split(f"MEDXPERT_{variable}=")[1].split()[0]
+        assert folder in volumes, variable
+
+
+@pytest.mark.slow
+def test_the_images_command_serves_and_passes_its_health_check(installed, make_workspace, tmp_path):
+    """The image's CMD and HEALTHCHECK run outside a container (none can run on the development
+    machine), with the installed wheel and the volumes' settings pointing at a tiny workspace."""
+    instructions = dockerfile("Dockerfile")
+    command = json.loads(instructions["CMD"][0])
+    port = str(free_port())
+    command[command.index("--port") + 1] = port
+    health = instructions["HEALTHCHECK"][0].split(" CMD ", 1)[1].replace(":8000/", f":{port}/")
+    environment = {
+        **fresh_environment(),
+        **make_workspace(tmp_path / "workspace"),
+        "PATH": f"{installed}{os.pathsep}{os.environ['PATH']}",
+        "MEDXPERT_API_KEY": "a-key-for-the-test",
+    }
+
+    def healthy() -> bool:
+        return (
+            subprocess.run(["bash", "-c", health], env=environment, capture_output=True).returncode
+            == 0
+        )
+
+    assert not healthy()  # nothing listens yet
+    log = tmp_path / "server.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            command, cwd=tmp_path, env=environment, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not healthy():
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the health check never passed"
+            time.sleep(1)
+        refused = subprocess.run(
+            [installed / "medxpert", "serve", "--host", "0.0.0.0", "--port", port],
+            env={**environment, "MEDXPERT_API_KEY": ""},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode != 0 and "MEDXPERT_API_KEY" in refused.stderr + refused.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
