@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -452,17 +453,21 @@ def report_hit(
     return Hit(case, score, rank, "report")
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def serve_process(workspace: dict[str, str], *arguments: str):
     """`medxpert serve` (offline, no API key, the `workspace` settings) in a subprocess on a
     free loopback port, and its base URL."""
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     environment = {**os.environ, **workspace, "HF_HUB_OFFLINE": "1"}
     environment.pop("MEDXPERT_API_KEY", None)
     command = [sys.executable, "-m", "medxpert", "serve", "--host", "127.0.0.1"]

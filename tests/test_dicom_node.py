@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,10 @@ from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from medxpert.cli import main
 from medxpert.interop.node import Destination, DicomNode
-from tests.builders import dicom_bytes, tiny_pipeline
+from tests.builders import dicom_bytes, free_port, tiny_pipeline
 
 CALLING_AE = "MODALITY"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30, what: str = "it") -> object:

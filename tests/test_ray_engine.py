@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,18 +23,12 @@ from medxpert.encoders import DualEncoder
 from medxpert.errors import ConfigError, InvalidImageError
 from medxpert.index import CaseLibrary, embed_cases
 from medxpert.index.ray_engine import RayOptions, ShardStore, embed_cases_ray
-from tests.builders import mini_packs, tiny_encoder
+from tests.builders import free_port, mini_packs, tiny_encoder
 
 ray = pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _ray_cli() -> str:
@@ -66,7 +59,7 @@ def test_cli_builds_the_same_library_on_a_ray_cluster(tmp_path, mini_data):
         # driver in another process is refused with it on; docs/index.md covers real clusters).
         "RAY_AUTH_MODE": "disabled",
     }
-    port = _free_port()
+    port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must be short
     head = [_ray_cli(), "start", "--head", "--node-ip-address", "127.0.0.1"]
     head += [f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
