@@ -98,6 +98,30 @@ def test_fingerprint_follows_the_weights(tiny, tmp_path):
     assert other.fingerprint() != before
 
 
+def test_weights_are_hashed_once_per_load_and_again_only_after_they_change(
+    tiny, tmp_path, monkeypatch
+):
+    import medxpert.encoders.model as model_module
+
+    hashed = []
+    real = model_module.weights_fingerprint
+
+    def counting(*args):
+        hashed.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(model_module, "weights_fingerprint", counting)
+    directory = tiny.save(tmp_path / "model")
+    hashed.clear()
+    loaded = DualEncoder.load(directory)
+    assert hashed == [1], "the load checks the weights against the saved fingerprint"
+    assert {loaded.fingerprint() for _ in range(3)} == {loaded.info["fingerprint"]}
+    assert hashed == [1], "the load's hash is reused (every index and blend check asks)"
+    with torch.no_grad():
+        next(loaded.model.parameters()).mul_(2.0)
+    assert loaded.fingerprint() != loaded.info["fingerprint"] and hashed == [1, 1]
+
+
 def test_saving_replaces_atomically(tiny, tmp_path):
     directory = tiny.save(tmp_path / "model")
     tiny.save(directory)
@@ -141,7 +165,7 @@ def test_missing_directory_and_missing_files(tiny, tmp_path):
 
 
 def test_model_info_without_loading_the_weights(tiny, tmp_path):
-    from medxpert.encoders.model import read_model_info
+    from medxpert.encoders.factory import read_model_info
 
     directory = tiny.save(tmp_path / "model")
     assert read_model_info(directory)["fingerprint"] == tiny.fingerprint()

@@ -5,20 +5,14 @@
     images = encoder.encode_images(["a.png", "b.dcm"])         # (2, d) float32, L2-normalised
     text = encoder.encode_texts("Small left effusion.")        # one item: a (d,) vector
 
-A saved model directory is an open_clip ``local-dir:`` model (``open_clip_config.json`` +
-``open_clip_model.safetensors``) plus ``text_tower/`` (Hugging Face config and tokenizer, so it
-reloads offline) and ``medxpert.json`` (backbone, fingerprint, training record).
+This module holds the model and its encoding; building, loading, saving and fingerprinting
+are in `medxpert.encoders.factory` (as open_clip splits `model.py` from `factory.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import hashlib
-import json
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,33 +20,24 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from medxpert import __version__
-from medxpert.atomic import atomic_directory
 from medxpert.config import Settings
 from medxpert.data.images import ImageSource, open_image
 from medxpert.encoders.device import describe, pick_device
-from medxpert.encoders.hub import require_hub
-from medxpert.encoders.registry import (
-    DEFAULT_BACKBONE,
-    HF_HUB_PREFIX,
-    OPENAI_MEAN,
-    OPENAI_STD,
-    Backbone,
-    get_backbone,
+from medxpert.encoders.factory import (
+    EncoderParts,
+    create_parts,
+    load_parts,
+    save_parts,
+    weights_fingerprint,
+    weights_version,
 )
+from medxpert.encoders.registry import DEFAULT_BACKBONE, get_backbone
 from medxpert.encoders.staged import FeatureCache, ImageStages, TextStages, image_key, text_key
 from medxpert.encoders.tokenizer import TextTokenizer
 from medxpert.encoders.transforms import Augmentation, image_transform
-from medxpert.encoders.weights import efficientnet_lite0_imagenet, text_tower_path
-from medxpert.errors import HubUnavailableError, ModelFormatError, ModelNotFoundError
+from medxpert.errors import ModelFormatError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
-INFO_FILE = "medxpert.json"
-TEXT_TOWER_DIR = "text_tower"
-FORMAT_VERSION = 1
 
 
 class DualEncoder:
@@ -77,12 +62,13 @@ class DualEncoder:
         self.device = device
         self.info = info or {}
         self.model.requires_grad_(False)  # fine-tuning unfreezes what it trains
+        self._fingerprint: tuple[tuple, str] | None = None  # (weights version, hash)
         self._cache_root: Path | None = None
         self._caches: dict[str, FeatureCache] = {}
         self._image_split: ImageStages | None = None
         self._text_split: TextStages | None = None
 
-    # --- construction ------------------------------------------------------------------
+    # --- construction (medxpert.encoders.factory) -----------------------------------------
     @classmethod
     def create(
         cls,
@@ -98,21 +84,21 @@ class DualEncoder:
         local folder with that tower's config and tokenizer). `config_overrides` replace keys
         of the open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``), e.g. for
         tiny test models."""
-        spec = get_backbone(backbone)
         torch_device = pick_device(device)
-        if spec.hub and pretrained:
-            encoder = _create_from_hub(spec, torch_device)
-        else:
-            encoder = _create_from_config(
-                spec, torch_device, pretrained, text_tower, config_overrides
-            )
+        parts = create_parts(
+            get_backbone(backbone),
+            torch_device,
+            pretrained=pretrained,
+            text_tower=text_tower,
+            overrides=config_overrides,
+        )
         logger.info(
             "encoder %s on %s (%s)",
             backbone,
             describe(torch_device),
             "pretrained towers" if pretrained else "random weights",
         )
-        return encoder
+        return cls._from_parts(parts, torch_device)
 
     @classmethod
     def load(
@@ -124,53 +110,51 @@ class DualEncoder:
         models_dir: str | Path | None = None,
     ) -> DualEncoder:
         """A saved model: a folder, or a name under `models_dir` (default: the settings',
-        MEDXPERT_MODELS_DIR). Never an untuned backbone: that is `create(name)`."""
+        MEDXPERT_MODELS_DIR). Never an untuned backbone: that is `create(name)`. Its weights
+        are hashed once, here, and must match the fingerprint they were saved with."""
         path = Path(name_or_dir).expanduser()
         if not path.exists() and len(path.parts) == 1:
             path = Path(models_dir or Settings.from_env().models_dir) / path
-        if path.is_dir():
-            return _load_directory(path, pick_device(device), expect_backbone)
-        if path.exists():
+        if path.is_file():
             raise ModelFormatError(f"{path} is a file; a model is a directory made by save().")
-        raise ModelNotFoundError(
-            f"no saved model at {path}. Train one with `medxpert train` (or ./dev.sh train); "
-            f"for an untuned backbone, use DualEncoder.create({str(name_or_dir)!r})."
+        if not path.is_dir():
+            raise ModelNotFoundError(
+                f"no saved model at {path}. Train one with `medxpert train` (or ./dev.sh train); "
+                f"for an untuned backbone, use DualEncoder.create({str(name_or_dir)!r})."
+            )
+        torch_device = pick_device(device)
+        encoder = cls._from_parts(load_parts(path, torch_device, expect_backbone), torch_device)
+        if encoder.fingerprint() != encoder.info.get("fingerprint"):
+            raise ModelFormatError(
+                f"{path}: the weights or config changed since the model was saved (fingerprint "
+                "mismatch). Re-save the model from its source, or retrain it."
+            )
+        logger.info(
+            "loaded encoder %s from %s on %s", encoder.backbone, path, describe(torch_device)
+        )
+        return encoder
+
+    @classmethod
+    def _from_parts(cls, parts: EncoderParts, device: torch.device) -> DualEncoder:
+        return cls(
+            parts.model,
+            parts.tokenizer,
+            backbone=parts.backbone,
+            model_cfg=parts.model_cfg,
+            preprocess=parts.preprocess,
+            device=device,
+            info=parts.info,
         )
 
-    # --- saving ------------------------------------------------------------------------
     def save(self, directory: str | Path, *, training: dict | None = None) -> Path:
-        """Write the model directory atomically; returns its path."""
-        from safetensors.torch import save_file
-
+        """Write the model directory atomically (`training`: what to record of how it was
+        trained; default the record it was loaded with); returns its path."""
         directory = Path(directory)
-        model_cfg = copy.deepcopy(self.model_cfg)
-        text_cfg = model_cfg.get("text_cfg", {})
-        with atomic_directory(directory) as tmp:
-            if "hf_model_name" in text_cfg:
-                text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = TEXT_TOWER_DIR
-                text_cfg.pop("hf_model_pretrained", None)
-                self.model.text.transformer.config.save_pretrained(str(tmp / TEXT_TOWER_DIR))
-                self.tokenizer.save(tmp / TEXT_TOWER_DIR)
-            state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE))
-            _write_json(
-                tmp / CONFIG_FILE, {"model_cfg": model_cfg, "preprocess_cfg": self.preprocess}
-            )
-            info = {
-                "format_version": FORMAT_VERSION,
-                "backbone": self.backbone,
-                "embed_dim": self.embed_dim,
-                "fingerprint": _fingerprint(model_cfg, self.preprocess, state),
-                "tokenizer": {
-                    "kind": "hf" if self.tokenizer.is_hf else "open_clip",
-                    "open_clip_name": self.tokenizer.open_clip_name,
-                    "context_length": self.tokenizer.context_length,
-                },
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "medxpert_version": __version__,
-                "training": training if training is not None else self.info.get("training"),
-            }
-            _write_json(tmp / INFO_FILE, info)
+        parts = EncoderParts(
+            self.model, self.tokenizer, self.backbone, self.model_cfg, self.preprocess
+        )
+        record = training if training is not None else self.info.get("training")
+        info = save_parts(directory, parts, self.fingerprint(), record)
         self.info = {**info, "path": str(directory)}
         logger.info("saved encoder %s to %s", self.backbone, directory)
         return directory
@@ -181,16 +165,13 @@ class DualEncoder:
         return int(self.model_cfg["embed_dim"])
 
     def fingerprint(self) -> str:
-        """Hash of the config, preprocessing and every weight: indexes record it, so an index
-        built with other weights is refused."""
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        model_cfg = copy.deepcopy(self.model_cfg)
-        if "hf_model_name" in model_cfg.get("text_cfg", {}):
-            model_cfg["text_cfg"].update(
-                hf_model_name=TEXT_TOWER_DIR, hf_tokenizer_name=TEXT_TOWER_DIR
-            )
-            model_cfg["text_cfg"].pop("hf_model_pretrained", None)
-        return _fingerprint(model_cfg, self.preprocess, state)
+        """Hash of the config, preprocessing and every weight (indexes record it, so an index
+        built with other weights is refused). Hashed again only after a weight changes."""
+        version = weights_version(self.model)
+        if self._fingerprint is None or self._fingerprint[0] != version:
+            hashed = weights_fingerprint(self.model, self.model_cfg, self.preprocess)
+            self._fingerprint = (version, hashed)
+        return self._fingerprint[1]
 
     # --- encoding ----------------------------------------------------------------------
     def image_transform(self, augmentation: Augmentation | None = None):
@@ -405,269 +386,3 @@ class DualEncoder:
         vectors = np.concatenate(outputs).astype(np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
-
-
-# --- helpers -------------------------------------------------------------------------------
-def _preprocess(spec_preprocess: dict, image_size: int) -> dict:
-    return {
-        "size": int(image_size),
-        "mean": list(spec_preprocess.get("mean", OPENAI_MEAN)),
-        "std": list(spec_preprocess.get("std", OPENAI_STD)),
-        "resize_mode": spec_preprocess.get("resize_mode", "shortest"),
-    }
-
-
-def _image_size(model: torch.nn.Module) -> int:
-    size = getattr(model.visual, "image_size", 224)
-    return int(size[0] if isinstance(size, tuple | list) else size)
-
-
-def _create_from_config(
-    spec: Backbone,
-    device: torch.device,
-    pretrained: bool,
-    text_tower: str | Path | None,
-    overrides: dict[str, object],
-) -> DualEncoder:
-    import open_clip
-
-    model_cfg = copy.deepcopy(open_clip.get_model_config(spec.model_config))
-    if model_cfg is None:
-        raise ModelNotFoundError(f"no open_clip model config {spec.model_config!r}.")
-    model_cfg.update(copy.deepcopy(overrides))
-    text_cfg = model_cfg["text_cfg"]
-    tokenizer: TextTokenizer
-    if "hf_model_name" in text_cfg:
-        if text_tower is not None:
-            tower_path = Path(text_tower)
-        elif spec.text_tower is not None:
-            tower_path = text_tower_path(spec.text_tower)
-        else:
-            raise HubUnavailableError(
-                f"{spec.name}'s text tower ({text_cfg['hf_model_name']}) comes from the Hugging "
-                "Face hub; offline, pass text_tower=<local folder with its config and tokenizer>."
-            )
-        text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(tower_path)
-        text_cfg["hf_model_pretrained"] = pretrained and spec.text_tower is not None
-        tokenizer = TextTokenizer(hf_path=tower_path, context_length=text_cfg["context_length"])
-    else:
-        tokenizer = TextTokenizer(
-            open_clip_name=spec.model_config, context_length=text_cfg.get("context_length", 77)
-        )
-    with _quiet_transformers():
-        model = open_clip.create_model(
-            spec.model_config,
-            pretrained=None,
-            load_weights=False,
-            pretrained_image=False,
-            pretrained_text=False,
-            device=device,
-            **{k: v for k, v in model_cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg")},
-        )
-    if pretrained and spec.image_weights == "efficientnet-lite0-imagenet":
-        result = model.visual.trunk.load_state_dict(efficientnet_lite0_imagenet(), strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ModelFormatError(f"ImageNet weights do not fit the image tower: {result}")
-    return DualEncoder(
-        model,
-        tokenizer,
-        backbone=spec.name,
-        model_cfg=model_cfg,
-        preprocess=_preprocess(spec.preprocess, _image_size(model)),
-        device=device,
-    )
-
-
-def _create_from_hub(spec: Backbone, device: torch.device) -> DualEncoder:
-    import open_clip
-
-    _require_hub(spec)
-    source = spec.open_clip_name or spec.model_config
-    try:
-        if spec.open_clip_name:
-            model = open_clip.create_model(spec.open_clip_name, device=device)
-            model_cfg = _hub_model_config(spec.open_clip_name)
-        else:
-            model = open_clip.create_model(
-                spec.model_config,
-                pretrained=spec.pretrained,
-                device=device,
-                require_pretrained=True,
-            )
-            model_cfg = copy.deepcopy(open_clip.get_model_config(spec.model_config))
-        oc_tokenizer = open_clip.get_tokenizer(source)
-    except (OSError, RuntimeError, ValueError) as error:
-        raise HubUnavailableError(
-            f"backbone {spec.name!r} needs its weights from the Hugging Face hub, which could not "
-            f"be reached ({type(error).__name__}: {str(error)[:200]}). Offline, use the offline "
-            f"default {DEFAULT_BACKBONE!r}, or a model directory saved earlier."
-        ) from None
-    context_length = model_cfg["text_cfg"].get("context_length", 77)
-    hf = getattr(oc_tokenizer, "tokenizer", None)
-    tokenizer = (
-        TextTokenizer(hf_tokenizer=hf, context_length=context_length)
-        if hf is not None
-        else TextTokenizer(open_clip_name=spec.model_config, context_length=context_length)
-    )
-    preprocess = _preprocess({**spec.preprocess, **_model_preprocess(model)}, _image_size(model))
-    return DualEncoder(
-        model,
-        tokenizer,
-        backbone=spec.name,
-        model_cfg=model_cfg,
-        preprocess=preprocess,
-        device=device,
-    )
-
-
-def _require_hub(spec: Backbone) -> None:
-    require_hub(
-        f"backbone {spec.name!r}",
-        f"Offline, use the offline default {DEFAULT_BACKBONE!r} or a model directory saved "
-        "earlier.",
-    )
-
-
-def _hub_model_config(model_id: str) -> dict:
-    from huggingface_hub import hf_hub_download
-
-    path = hf_hub_download(model_id[len(HF_HUB_PREFIX) :], filename=CONFIG_FILE)
-    return json.loads(Path(path).read_text(encoding="utf-8"))["model_cfg"]
-
-
-def _model_preprocess(model: torch.nn.Module) -> dict:
-    cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
-    return {key: cfg[key] for key in ("mean", "std") if key in cfg}
-
-
-def _load_directory(path: Path, device: torch.device, expect_backbone: str | None) -> DualEncoder:
-    import open_clip
-
-    missing = [
-        name for name in (CONFIG_FILE, WEIGHTS_FILE, INFO_FILE) if not (path / name).is_file()
-    ]
-    if missing:
-        raise ModelFormatError(
-            f"{path} is not a complete MedXpert model: {', '.join(missing)} missing. Save it "
-            "again, or retrain with `medxpert train`."
-        )
-    info = _read_json(path / INFO_FILE)
-    config = _read_json(path / CONFIG_FILE)
-    if info.get("format_version") != FORMAT_VERSION:
-        raise ModelFormatError(
-            f"{path} has model format {info.get('format_version')}; this "
-            f"MedXpert reads format {FORMAT_VERSION}."
-        )
-    backbone = info.get("backbone", "?")
-    if expect_backbone is not None and backbone != expect_backbone:
-        raise ModelFormatError(
-            f"{path} holds a {backbone!r} model, not the {expect_backbone!r} that was asked for."
-        )
-    model_cfg = config["model_cfg"]
-    text_cfg = copy.deepcopy(model_cfg["text_cfg"])
-    tokenizer_info = info.get("tokenizer", {})
-    if "hf_model_name" in text_cfg:
-        tower = path / TEXT_TOWER_DIR
-        if not (tower / "config.json").is_file():
-            raise ModelFormatError(f"{path} lacks {TEXT_TOWER_DIR}/config.json (its text tower).")
-        text_cfg.update(
-            hf_model_name=str(tower), hf_tokenizer_name=str(tower), hf_model_pretrained=False
-        )
-        tokenizer = TextTokenizer(hf_path=tower, context_length=text_cfg["context_length"])
-    else:
-        tokenizer = TextTokenizer(
-            open_clip_name=tokenizer_info.get("open_clip_name") or backbone,
-            context_length=text_cfg.get("context_length", 77),
-        )
-    from safetensors import SafetensorError
-
-    try:
-        model = open_clip.create_model(f"local-dir:{path}", text_cfg=text_cfg, device=device)
-    except SafetensorError as error:
-        raise ModelFormatError(
-            f"{path / WEIGHTS_FILE} is not a readable safetensors file (truncated or corrupt: "
-            f"{str(error)[:200]}). Re-save the model, or retrain it."
-        ) from None
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise ModelFormatError(
-            f"the weights in {path} do not fit its config (backbone {backbone!r}): "
-            f"{str(error)[:300]}"
-        ) from None
-    encoder = DualEncoder(
-        model,
-        tokenizer,
-        backbone=backbone,
-        model_cfg=model_cfg,
-        preprocess=config["preprocess_cfg"],
-        device=device,
-        info={**info, "path": str(path)},
-    )
-    if encoder.fingerprint() != info.get("fingerprint"):
-        raise ModelFormatError(
-            f"{path}: the weights or config changed since the model was saved (fingerprint "
-            "mismatch). Re-save the model from its source, or retrain it."
-        )
-    logger.info("loaded encoder %s from %s on %s", backbone, path, describe(device))
-    return encoder
-
-
-def _fingerprint(model_cfg: dict, preprocess: dict, state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    digest.update(
-        json.dumps({"model_cfg": model_cfg, "preprocess": preprocess}, sort_keys=True).encode()
-    )
-    for key in sorted(state):
-        tensor = state[key]
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(
-            tensor.numpy().tobytes()
-            if tensor.dtype != torch.bfloat16
-            else tensor.float().numpy().tobytes()
-        )
-    return digest.hexdigest()[:32]
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' per-load report and progress bar while we build a known tower (its
-    "UNEXPECTED pooler" notice is expected: open_clip drops the pooler it does not use), and
-    open_clip's "No pretrained weights loaded" warning: we load the towers' weights ourselves
-    right after."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    root = logging.getLogger()
-    root.addFilter(_no_random_init_warning)
-    try:
-        yield
-    finally:
-        root.removeFilter(_no_random_init_warning)
-        hf_logging.set_verbosity(verbosity)
-        if bar:
-            hf_logging.enable_progress_bar()
-
-
-def _no_random_init_warning(record: logging.LogRecord) -> bool:
-    return "No pretrained weights loaded" not in record.getMessage()
-
-
-def _write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-
-
-def read_model_info(directory: str | Path) -> dict:
-    """What a saved model folder says about itself (`medxpert.json`: backbone, fingerprint,
-    training), without loading the weights."""
-    path = Path(directory) / INFO_FILE
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} not found: {directory} is not a saved MedXpert model.")
-    return _read_json(path)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ModelFormatError(f"{path} is not valid JSON ({error}).") from None

@@ -25,15 +25,12 @@ class TextTokenizer:
         hf_path: str | Path | None = None,
         open_clip_name: str | None = None,
         context_length: int = 77,
-        hf_tokenizer=None,
     ) -> None:
-        if (hf_path is None) == (open_clip_name is None) and hf_tokenizer is None:
-            raise ValueError("give exactly one of hf_path, open_clip_name or hf_tokenizer")
+        if (hf_path is None) == (open_clip_name is None):
+            raise ValueError("give exactly one of hf_path (a folder or hub id) or open_clip_name")
         self.context_length = context_length
         self.open_clip_name = open_clip_name
-        if hf_tokenizer is not None:
-            self._hf = hf_tokenizer
-        elif hf_path is not None:
+        if hf_path is not None:
             from transformers import AutoTokenizer
 
             self._hf = AutoTokenizer.from_pretrained(str(hf_path))

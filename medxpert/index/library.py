@@ -35,7 +35,7 @@ from medxpert.config import Settings
 from medxpert.data import Case, Study, cases_from_frame, cases_to_frame, group_studies
 from medxpert.data.case import TEXT_FIELDS
 from medxpert.encoders import DualEncoder
-from medxpert.encoders.model import INFO_FILE, read_model_info
+from medxpert.encoders.factory import INFO_FILE, read_model_info
 from medxpert.errors import (
     IndexFormatError,
     IndexNotFoundError,
