@@ -35,12 +35,11 @@ from pathlib import Path
 from medxpert.atomic import atomic_write_json
 from medxpert.config import Settings
 from medxpert.data import load_cases
-from medxpert.eval.reports import REPORT_SECTIONS
+from medxpert.eval.reports import REPORT_SECTIONS, image_items
 from medxpert.index.library import library_artifacts
 from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report import OfflineWriter, OpenAICompatibleWriter, StructuredReport
 from medxpert.report.deid import deidentify
-from medxpert.report.evaluation import image_items
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's tests/, first
 from tests.openai_loopback import (

@@ -19,7 +19,7 @@ import numpy as np
 from medxpert.atomic import atomic_write_json, atomic_write_text
 from medxpert.config import Settings
 from medxpert.data import load_cases
-from medxpert.eval import label_agreement
+from medxpert.eval.classification import label_agreement
 from medxpert.eval.plots import grouped_bar_chart
 from medxpert.labels import CHEXPERT_LABELS, UNCERTAIN_POLICIES, ReportLabeler
 

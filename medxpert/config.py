@@ -24,6 +24,8 @@ def project_root() -> Path:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+# The writer and captioner names (the registries in medxpert.report / medxpert.caption build
+# them): named here, at the bottom of the flow, so that settings can check them.
 WRITERS = ("offline", "readout", "gemini", "openai-compatible")
 CAPTIONERS = ("labels", "blip")
 

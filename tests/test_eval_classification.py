@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medxpert.eval import label_agreement
+from medxpert.eval.classification import label_agreement
 from medxpert.eval.plots import grouped_bar_chart
 from medxpert.labels import LABEL_INDEX, NUM_LABELS
 

@@ -10,10 +10,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medxpert.data import Case
-from medxpert.eval.bootstrap import bootstrap_auc, bootstrap_mean, roc_auc
 from medxpert.eval.results import write_results
 from medxpert.eval.retrieval import Embedder, RetrievalSets, balanced_queries, cached, evaluate
-from medxpert.eval.retrieval_metrics import (
+from medxpert.labels import CHEXPERT_LABELS, LABEL_INDEX, label_vector
+from medxpert.metrics.bootstrap import bootstrap_auc, bootstrap_mean, roc_auc
+from medxpert.metrics.retrieval import (
     chance_group_mrr,
     chance_group_recall,
     chance_label_precision,
@@ -29,7 +30,6 @@ from medxpert.eval.retrieval_metrics import (
     top_k,
     uniformity,
 )
-from medxpert.labels import CHEXPERT_LABELS, LABEL_INDEX, label_vector
 
 SIMILARITY = np.array(
     [

@@ -313,3 +313,14 @@ def test_a_server_beyond_this_network_is_warned_about_once(caplog):
         OpenAICompatibleWriter("http://8.8.8.8:8001/v1", "other")
     (record,) = caplog.records
     assert "8.8.8.8" in record.getMessage() and "leave this network" in record.getMessage()
+
+
+def test_the_settings_know_every_writer_the_registry_builds():
+    from medxpert import config
+    from medxpert.report.registry import LLM_WRITERS, OFFLINE_WRITERS
+
+    assert set(config.WRITERS) == set(OFFLINE_WRITERS) | set(LLM_WRITERS)
+    for name in OFFLINE_WRITERS:
+        assert hasattr(make_writer(name), "write")
+    with pytest.raises(ConfigError, match="available: " + ", ".join(config.WRITERS)):
+        make_writer("nonesuch")

@@ -32,7 +32,7 @@ RANKS = {
     "labels": 1,
     "data": 2,
     "encoders": 3,
-    "eval": 4,
+    "metrics": 4,
     "train": 5,
     "index": 6,
     "retrieval": 7,
@@ -41,10 +41,11 @@ RANKS = {
     "guard": 9,
     "pipeline": 10,
     "explain": 10,
-    "interop": 11,
-    "api": 12,
-    "cli": 13,
-    "__main__": 13,
+    "eval": 11,
+    "interop": 12,
+    "api": 13,
+    "cli": 14,
+    "__main__": 14,
 }
 
 

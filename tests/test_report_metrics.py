@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 
 from medxpert.eval.r2gen import R2GenText, sentences
-from medxpert.eval.reports import (
-    ReportItem,
-    bleu,
-    evaluate_reports,
-    label_f1,
-    meteor,
-    rouge_l,
-)
+from medxpert.eval.reports import ReportItem, evaluate_reports
 from medxpert.labels import LABEL_INDEX
+from medxpert.metrics.text import bleu, label_f1, meteor, rouge_l
 
 REFERENCES = [
     "Large left pleural effusion. Heart size is normal.",

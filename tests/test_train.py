@@ -12,8 +12,8 @@ import torch
 from medxpert.data import Case, open_image
 from medxpert.encoders import DualEncoder
 from medxpert.errors import ConfigError
-from medxpert.eval.retrieval_metrics import recall_at_k
 from medxpert.labels import label_vector
+from medxpert.metrics.retrieval import recall_at_k
 from medxpert.train import TrainConfig, TrainingDataError, finetune
 from medxpert.train import loop as loop_module
 from medxpert.train.data import shared_positive_matrix, training_sets

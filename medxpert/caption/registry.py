@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from medxpert.caption.labels import LabelCaptioner
+from medxpert.config import CAPTIONERS
 from medxpert.encoders import DualEncoder
 from medxpert.errors import ConfigError
 
-CAPTIONERS = ("labels", "blip")
 BLIP_DIR_NAME = "blip-captioner"  # where `medxpert train-captioner` saves by default
 
 

@@ -43,6 +43,20 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def load_pipeline(args: argparse.Namespace, **options: object):
+    """The pipeline of `--index` (and `--model`) with `options`, and the library's folder."""
+    from medxpert.config import Settings
+    from medxpert.index.library import library_artifacts
+    from medxpert.pipeline import DiagnosisPipeline
+
+    settings = Settings.from_env()
+    model_dir, index_dir = library_artifacts(args.index, args.model, settings)
+    pipeline = DiagnosisPipeline.from_artifacts(
+        model_dir, index_dir, device=settings.device, **options
+    )
+    return pipeline, index_dir
+
+
 def add_fusion_argument(parser: argparse.ArgumentParser) -> None:
     """--fusion: how `--target both` puts the two indexes on one scale."""
     parser.add_argument(
@@ -92,6 +106,15 @@ def sample_test_images(n: int, seed: int) -> list[Case]:
     """`n` random test-split cases with an image, from the shared sources."""
     test = [case for case in load_sources(None, "test") if case.has_image]
     return random.Random(seed).sample(test, min(n, len(test))) if n else []
+
+
+def present_results(paths: dict[str, Path], *notes: str) -> None:
+    """Show an evaluation's Markdown table, `notes`, and every file it wrote."""
+    if "md" in paths:
+        print(paths["md"].read_text())
+    for note in notes:
+        print(note)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def slug(text: str, length: int = 50) -> str:

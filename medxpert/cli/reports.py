@@ -4,14 +4,11 @@ and `medxpert eval reports` (report quality against the baselines, by protocol).
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 
-from medxpert.atomic import atomic_write_text
-from medxpert.cli.common import add_artifact_arguments
+from medxpert.cli.common import add_artifact_arguments, load_pipeline, present_results
 from medxpert.config import Settings
-
-PROTOCOLS = ("iu", "r2gen")  # medxpert.report.evaluation.PROTOCOLS (not imported: slow)
+from medxpert.eval.sources import REPORT_PROTOCOLS
 
 
 def add_eval_commands(kinds: argparse._SubParsersAction) -> None:
@@ -53,79 +50,27 @@ def add_eval_commands(kinds: argparse._SubParsersAction) -> None:
 def _add_protocol(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--protocol",
-        choices=PROTOCOLS,
+        choices=REPORT_PROTOCOLS,
         default="iu",
         help="iu: the pack's own splits (default); r2gen: R2Gen's split of IU X-ray",
     )
 
 
-def _pipeline(args: argparse.Namespace, settings: Settings):
-    from medxpert.index.library import library_artifacts
-    from medxpert.pipeline import DiagnosisPipeline
-
-    model_dir, index_dir = library_artifacts(args.index, args.model, settings)
-    return DiagnosisPipeline.from_artifacts(model_dir, index_dir, device=settings.device), index_dir
-
-
-def _evidence(pipeline):
-    """`pipeline.evidence` past the input guard: every labelled X-ray of a protocol is
-    measured (the guard is measured on its own, by benchmarks/guard_bench.py)."""
-    return functools.partial(pipeline.evidence, force=True)
-
-
 def _run_thresholds(args: argparse.Namespace) -> None:
-    from medxpert.data import load_cases
-    from medxpert.report.evaluation import VALIDATION_SOURCE, choose_on_validation
-    from medxpert.report.thresholds import write_thresholds
+    from medxpert.eval import thresholds
 
-    settings = Settings.from_env()
-    pipeline, index_dir = _pipeline(args, settings)
-    source = VALIDATION_SOURCE[args.protocol]
-    choices = choose_on_validation(_evidence(pipeline), load_cases(source, "val"))
-    path = write_thresholds(
-        index_dir,
-        choices,
-        pipeline.engine.encoder.fingerprint(),
-        chosen_on=f"{source} val, frontal X-ray queries against the library's train split",
-    )
-    lines = [
-        "| finding | val positives | threshold | val F1 | F1 at 0.50 |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [
-        f"| {c.label} | {c.positives} | {c.threshold:.2f} | {c.f1:.3f} | {c.default_f1:.3f} |"
-        for c in choices
-    ]
-    table = "\n".join(lines) + "\n"
-    out = args.out or settings.results_dir / "thresholds"
-    atomic_write_text(
-        Path(out).with_suffix(".md"), f"### Reporting thresholds ({source} val)\n\n{table}"
-    )
-    print(table)
-    print(f"wrote {path} and {Path(out).with_suffix('.md')}")
+    pipeline, index_dir = load_pipeline(args)
+    result = thresholds.run(pipeline, args.protocol)
+    print(result.table())
+    out = args.out or Settings.from_env().results_dir / "thresholds"
+    paths = thresholds.save(result, index_dir, out)
+    print(f"wrote {paths['thresholds']} and {paths['md']}")
 
 
 def _run_reports(args: argparse.Namespace) -> None:
-    from medxpert.eval.results import write_results
-    from medxpert.report.evaluation import run_reports
+    from medxpert.eval import reports
 
-    settings = Settings.from_env()
-    pipeline, index_dir = _pipeline(args, settings)
-    rows, systems = run_reports(
-        _evidence(pipeline), args.protocol, limit=args.limit, n_boot=args.bootstrap
-    )
+    pipeline, _ = load_pipeline(args)
+    evaluation = reports.run(pipeline, args.protocol, limit=args.limit, n_boot=args.bootstrap)
     default_out = "report_metrics" if args.protocol == "iu" else f"report_metrics_{args.protocol}"
-    paths = write_results(
-        rows,
-        args.out or settings.results_dir / default_out,
-        systems,
-        title=f"Report quality (protocol {args.protocol})",
-        meta={
-            "model": pipeline.engine.encoder.info["path"],
-            "library": str(index_dir),
-            "protocol": args.protocol,
-            "bootstrap": args.bootstrap,
-        },
-    )
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    present_results(evaluation.write(args.out or Settings.from_env().results_dir / default_out))

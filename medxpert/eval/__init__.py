@@ -1,5 +1,3 @@
-"""Measure: label agreement now; retrieval and report metrics as they arrive."""
-
-from medxpert.eval.classification import LabelAgreement, label_agreement
-
-__all__ = ["LabelAgreement", "label_agreement"]
+"""Evaluation protocols, one module each, ranked after the pipeline they measure: `retrieval`,
+`context`, `blend`, `fusion`, `thresholds`, `reports` (each a `run`), their sets in `sources`;
+the pure metrics they use are in `medxpert.metrics`."""

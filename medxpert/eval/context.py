@@ -7,6 +7,9 @@ finds no CheXpert observation and that name no imaging term (`IMAGING`: "chest X
 nodular pattern", "the right heart border was lost", "left lung is clear"). Cases without such
 a sentence are left out.
 
+`run(pipeline)` queries every such X-ray of `CONTEXT_SOURCE` (all splits: the library holds
+them, so each query leaves its own patient out) alone and with its history as the note.
+
 Per condition: label P@10 of the retrieved cases (a hit is relevant when it shares a positive
 label with the query) and the AUC of the pathology probabilities (the vote of the hits) per
 label with ≥ `MIN_AUC_POSITIVES` positives and some negatives, with 95% bootstrap intervals.
@@ -17,16 +20,22 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from medxpert.data import Case
-from medxpert.eval.bootstrap import bootstrap_auc, bootstrap_mean
-from medxpert.eval.retrieval import Row
+from medxpert.data import SPLITS, Case, load_cases
+from medxpert.eval.results import Evaluation, Row
+from medxpert.eval.sources import CONTEXT_SOURCE
 from medxpert.labels import CHEXPERT_LABELS, default_labeler
+from medxpert.metrics.bootstrap import bootstrap_auc, bootstrap_mean
+
+if TYPE_CHECKING:
+    from medxpert.pipeline import DiagnosisPipeline
 
 MIN_AUC_POSITIVES = 10
+CONDITIONS = {"image only": False, "image + note": True}  # name → whether the note is used
 SENTENCE = re.compile(r"[^.!?]+[.!?]?")
 # words of imaging reports that the CheXpert labeler does not count as observations
 IMAGING = re.compile(
@@ -133,3 +142,33 @@ def evaluate_context(
         Row(task, f"AUC macro ({len(labels)} labels)", {name: auc[1] for name, auc in aucs.items()})
     )
     return rows
+
+
+def run(
+    pipeline: DiagnosisPipeline,
+    *,
+    k: int = 10,
+    n_boot: int = 1000,
+    source: str = CONTEXT_SOURCE,
+) -> Evaluation:
+    """The A/B on every X-ray of `source` with a history note, through `pipeline.diagnose`
+    (past the input guard: every labelled X-ray counts)."""
+    from medxpert.retrieval import Filters
+
+    items = context_items([case for split in SPLITS for case in load_cases(source, split)])
+
+    def query(image: str, note: str | None, patient: str) -> Retrieved:
+        diagnosis = pipeline.diagnose(
+            image=image, note=note, k=k, filters=Filters.of(exclude_patients=[patient]), force=True
+        )
+        return Retrieved(
+            np.stack([hit.case.labels for hit in diagnosis.hits]),
+            np.array([diagnosis.probabilities[label] for label in CHEXPERT_LABELS]),
+        )
+
+    return Evaluation(
+        evaluate_context(items, CONDITIONS, query, n_boot=n_boot),
+        list(CONDITIONS),
+        f"Clinical context A/B ({len(items)} {source} X-rays with a history note)",
+        {"k": k, "note_weight": pipeline.engine.note_weight, "bootstrap": n_boot},
+    )

@@ -1,37 +1,51 @@
 """Report quality: generated reports against reference reports.
 
-- Language overlap: BLEU-1..4 (corpus level, NLTK, smoothing method 1), ROUGE-L F (per report,
-  `rouge-score`, stemmed), and METEOR (corpus level, `pycocoevalcap`, only when `java` is
-  installed).
+- Language overlap: BLEU-1..4, ROUGE-L F and METEOR (`medxpert.metrics.text`).
 - Clinical content: CheXpert-label F1. The report labeler labels both texts; a label counts
-  as present when positive. Micro F1 is over every (report, label) pair; macro F1 is over
-  labels with at least `MIN_MACRO_POSITIVES` reference positives.
+  as present when positive (micro and macro F1, `medxpert.metrics.text.label_f1`).
 
 Several systems are scored side by side on the same items. ROUGE-L and the label F1s get 95%
 bootstrap intervals over reports; the corpus-level BLEU and METEOR are point figures.
+
+The protocols (`run(pipeline, protocol)`):
+- Sets (`report_sets`): protocol ``iu`` (IU X-ray test studies queried by their frontal X-ray,
+  findings + impression as the reference; the same reports as text queries; COVID test
+  X-rays) and protocol ``r2gen`` (R2Gen's IU test split, findings only, scored also as R2Gen
+  scores, `eval.r2gen`); their sources are `eval.sources.REPORT_TEST_SOURCES`.
+- Systems (`report_systems`): a random train study's report, the top-1 retrieved study's
+  report, the read-out writer and the offline (prose) writer, on the same evidence.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from medxpert.eval.bootstrap import Estimate, bootstrap_mean
-from medxpert.eval.retrieval import Row
+from medxpert.data import Case, load_cases
+from medxpert.data.study import group_studies
+from medxpert.errors import ConfigError
+from medxpert.eval.r2gen import R2GenText
+from medxpert.eval.results import Evaluation, Row
+from medxpert.eval.sources import REPORT_EXTRA_TEST, REPORT_PROTOCOLS, REPORT_SOURCE
 from medxpert.labels import default_labeler
+from medxpert.metrics.bootstrap import Estimate, bootstrap_mean
+from medxpert.metrics.text import bleu, label_f1, meteor, rouge_l
+from medxpert.report.offline import OfflineWriter
+from medxpert.report.readout import ReadoutWriter
+
+if TYPE_CHECKING:
+    from medxpert.pipeline import DiagnosisPipeline
+    from medxpert.report.context import ReportContext
 
 logger = logging.getLogger(__name__)
 
-MIN_MACRO_POSITIVES = 5
 REPORT_SECTIONS = ("findings", "impression")  # a reference report, in a report's order
-TOKEN = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -45,88 +59,6 @@ class ReportItem:
 
 # A system: the evidence of one query (whatever `evidence` returns) → the text of its report.
 System = Callable[[Any], str]
-
-
-def tokens(text: str) -> list[str]:
-    return TOKEN.findall(text.lower())
-
-
-def bleu(generated: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Corpus BLEU-1..4."""
-    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
-
-    hypotheses = [tokens(text) for text in generated]
-    refs = [[tokens(text)] for text in references]
-    smooth = SmoothingFunction().method1
-    weights = {1: (1.0,), 2: (0.5, 0.5), 3: (1 / 3,) * 3, 4: (0.25,) * 4}
-    return {
-        f"BLEU-{n}": float(corpus_bleu(refs, hypotheses, weights=w, smoothing_function=smooth))
-        for n, w in weights.items()
-    }
-
-
-def rouge_l(generated: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """ROUGE-L F-measure per report."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return np.array(
-        [
-            scorer.score(ref, gen)["rougeL"].fmeasure
-            for gen, ref in zip(generated, references, strict=True)
-        ]
-    )
-
-
-def meteor(generated: Sequence[str], references: Sequence[str]) -> float | None:
-    """Corpus METEOR through pycocoevalcap, or None when java is not installed."""
-    if shutil.which("java") is None:
-        return None
-    from pycocoevalcap.meteor.meteor import Meteor
-
-    score, _ = Meteor().compute_score(  # its java process ends when the scorer is collected
-        {i: [" ".join(tokens(ref))] for i, ref in enumerate(references)},
-        {i: [" ".join(tokens(gen)) or "empty"] for i, gen in enumerate(generated)},
-    )
-    return float(score)
-
-
-def micro_macro_f1(
-    generated: np.ndarray, reference: np.ndarray, macro_labels: np.ndarray
-) -> tuple[float, float]:
-    """Micro F1 over every (report, label) pair and macro F1 over `macro_labels`, of boolean
-    (n, 14) positives."""
-    g, r = generated, reference
-    tp, fp, fn = (g & r).sum(0), (g & ~r).sum(0), (~g & r).sum(0)
-    micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
-    per_label = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-    return float(micro), float(per_label[macro_labels].mean()) if len(macro_labels) else 0.0
-
-
-def label_f1(
-    generated: np.ndarray, reference: np.ndarray, n_boot: int, seed: int
-) -> dict[str, Estimate]:
-    """Micro and macro CheXpert-label F1 of positive labels (n, 14), with bootstrap intervals."""
-    gen, ref = generated == 1, reference == 1
-    macro_labels = np.flatnonzero(ref.sum(axis=0) >= MIN_MACRO_POSITIVES)
-
-    def scores(rows: np.ndarray) -> tuple[float, float]:
-        return micro_macro_f1(gen[rows], ref[rows], macro_labels)
-
-    rng = np.random.default_rng(seed)
-    everything = np.arange(len(gen))
-    point = scores(everything)
-    samples = np.array([scores(rng.integers(0, len(gen), len(gen))) for _ in range(n_boot)])
-    low, high = np.percentile(samples, [2.5, 97.5], axis=0)
-    return {
-        name: Estimate(point[i], float(low[i]), float(high[i]), len(gen))
-        for i, name in enumerate(
-            (
-                "CheXpert F1 micro",
-                f"CheXpert F1 macro ({len(macro_labels)} labels)",
-            )
-        )
-    }
 
 
 def evaluate_reports(
@@ -170,3 +102,131 @@ def evaluate_reports(
         Row(task, metric, {name: figures[metric] for name, figures in per_system.items()})
         for metric in metrics
     ]
+
+
+def report_systems(
+    train_reports: Sequence[str], sections: tuple[str, ...] = REPORT_SECTIONS, seed: int = 0
+) -> dict[str, System]:
+    """The systems compared, weakest first: the report of a random train study, the top-1
+    retrieved study's report, the read-out writer and the offline (prose) writer; each gives
+    `sections` of its report (findings, or findings + impression)."""
+    rng = np.random.default_rng(seed)
+    offline, readout = OfflineWriter(), ReadoutWriter()
+
+    def written(report) -> str:
+        return " ".join(getattr(report, f"{name}_text") for name in sections)
+
+    def top1(context: ReportContext) -> str:
+        return next((t for h in context.hits if (t := h.case.text(sections))), "")
+
+    return {
+        "random train report": lambda context: str(rng.choice(train_reports)),
+        "top-1 retrieved report": top1,
+        "read-out writer": lambda context: written(readout.write(context)),
+        "MedXpert (prose writer)": lambda context: written(offline.write(context)),
+    }
+
+
+def image_items(
+    cases: Sequence[Case], sections: tuple[str, ...], limit: int | None
+) -> list[ReportItem]:
+    """One item per study with a query image (its first frontal view) and a reference."""
+    studies = [
+        s for s in group_studies(cases) if s.query_image is not None and s.first.text(sections)
+    ]
+    return [
+        ReportItem(s.study_id, {"image": s.query_image.image_path}, s.first.text(sections))
+        for s in studies[:limit]
+    ]
+
+
+def text_items(cases: Sequence[Case], limit: int | None) -> list[ReportItem]:
+    """IU test reports used as text queries (one per study): each finds reports like itself."""
+    studies = [s for s in group_studies(cases) if s.first.text(REPORT_SECTIONS)]
+    return [
+        ReportItem(s.study_id, {"text": s.first.text()}, s.first.text(REPORT_SECTIONS))
+        for s in studies[:limit]
+    ]
+
+
+@dataclass(frozen=True)
+class ReportSet:
+    """Held-out items and the report sections compared (the references' and the systems')."""
+
+    items: list[ReportItem]
+    sections: tuple[str, ...]
+    train_reports: list[str]  # the pool of the random-report baseline
+    r2gen_text: R2GenText | None = None  # to add R2Gen's own scoring
+
+
+def report_sets(protocol: str = "iu", limit: int | None = None) -> dict[str, ReportSet]:
+    """The held-out sets of `protocol`, by task name; at most `limit` items each.
+
+    - ``iu``: IU X-ray test studies queried by their frontal X-ray, findings + impression as
+      the reference; the same studies' reports as text queries; the COVID pack's test X-rays.
+    - ``r2gen``: the studies of R2Gen's IU X-ray test split (``iu_xray_r2gen``) queried by
+      their frontal X-ray, the findings as the reference (R2Gen's), for an encoder and a
+      library built from R2Gen's train split only.
+    """
+    if protocol not in REPORT_PROTOCOLS:
+        raise ConfigError(
+            f"unknown report protocol {protocol!r}; available: {', '.join(REPORT_PROTOCOLS)}."
+        )
+    source, extra = REPORT_SOURCE[protocol], REPORT_EXTRA_TEST[protocol]
+    test = load_cases(source, "test")
+    if protocol == "r2gen":
+        findings = ("findings",)
+        train = _train_reports(source, findings)
+        items = image_items(test, findings, limit)
+        return {
+            f"IU X-ray, R2Gen test split: X-ray queries, findings (n={len(items)})": ReportSet(
+                items, findings, train, R2GenText(train)
+            )
+        }
+    train = _train_reports(source, REPORT_SECTIONS)
+    images = image_items(test, REPORT_SECTIONS, limit)
+    texts = text_items(test, limit)
+    covid = image_items(load_cases(extra, "test"), REPORT_SECTIONS, limit)
+    return {
+        f"IU test X-ray queries, findings + impression (n={len(images)})": ReportSet(
+            images, REPORT_SECTIONS, train
+        ),
+        f"IU test reports as TEXT queries (n={len(texts)})": ReportSet(
+            texts, REPORT_SECTIONS, train
+        ),
+        f"COVID test X-ray queries (n={len(covid)})": ReportSet(covid, REPORT_SECTIONS, train),
+    }
+
+
+def _train_reports(source: str, sections: tuple[str, ...]) -> list[str]:
+    return [t for s in group_studies(load_cases(source, "train")) if (t := s.first.text(sections))]
+
+
+def run(
+    pipeline: DiagnosisPipeline,
+    protocol: str = "iu",
+    *,
+    limit: int | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Evaluation:
+    """Every set of `protocol`, every system side by side, on the evidence of `pipeline`
+    (past the input guard: every labelled X-ray of a protocol is measured; the guard is
+    measured on its own, by benchmarks/guard_bench.py)."""
+    evidence = functools.partial(pipeline.evidence, force=True)
+    rows: list[Row] = []
+    names: list[str] = []
+    for task, report_set in report_sets(protocol, limit).items():
+        systems = report_systems(report_set.train_reports, report_set.sections, seed)
+        extra = report_set.r2gen_text.scores if report_set.r2gen_text else None
+        rows += evaluate_reports(
+            task, report_set.items, systems, evidence, n_boot=n_boot, seed=seed, extra=extra
+        )
+        names = list(systems)
+    meta = {
+        "model": pipeline.engine.encoder.info.get("path"),
+        "library": pipeline.engine.library.manifest.get("name"),
+        "protocol": protocol,
+        "bootstrap": n_boot,
+    }
+    return Evaluation(rows, names, f"Report quality (protocol {protocol})", meta)

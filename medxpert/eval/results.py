@@ -6,10 +6,35 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from medxpert.atomic import atomic_path, atomic_write_text
-from medxpert.eval.retrieval import Row
+from medxpert.metrics.bootstrap import Estimate
+
+
+@dataclass(frozen=True)
+class Row:
+    """One metric of one task, for every system side by side."""
+
+    task: str
+    metric: str
+    estimates: dict[str, Estimate]  # model name (and "chance") → estimate
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a protocol measured: its rows, the systems side by side (weakest first, the one
+    measured last), a title and what to record beside the figures."""
+
+    rows: list[Row]
+    systems: list[str]
+    title: str
+    meta: dict
+
+    def write(self, prefix: str | Path) -> dict[str, Path]:
+        """`prefix`.json / .csv / .md / .png (`write_results`)."""
+        return write_results(self.rows, prefix, self.systems, title=self.title, meta=self.meta)
 
 
 def beats(row: Row, model: str, others: Sequence[str]) -> bool | None:

@@ -19,6 +19,8 @@ Protocols, on the test split:
   test positives;
 - **embedding space**: mean top-1 neighbour cosine, uniformity and effective rank of the test
   image and report vectors (a collapsed space has cosines near 1 and a low effective rank).
+
+`run(tuned, queries, gallery)` compares a fine-tuned model with its untuned backbone and chance.
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medxpert.data import Case, Study, group_studies, report_groups
-from medxpert.eval.bootstrap import Estimate, bootstrap_auc, bootstrap_mean
-from medxpert.eval.retrieval_metrics import (
+from medxpert.eval.results import Evaluation, Row
+from medxpert.labels import CHEXPERT_LABELS, LABEL_INDEX
+from medxpert.metrics.bootstrap import Estimate, bootstrap_auc, bootstrap_mean
+from medxpert.metrics.retrieval import (
     chance_group_mrr,
     chance_group_recall,
     chance_label_precision,
@@ -44,7 +50,9 @@ from medxpert.eval.retrieval_metrics import (
     mean_top1_cosine,
     uniformity,
 )
-from medxpert.labels import CHEXPERT_LABELS, LABEL_INDEX
+
+if TYPE_CHECKING:
+    from medxpert.encoders import DualEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +145,6 @@ class RetrievalSets:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True)
-class Row:
-    task: str
-    metric: str
-    estimates: dict[str, Estimate]  # model name (and "chance") → estimate
-
-
 def evaluate(
     models: Mapping[str, Embedder],
     sets: RetrievalSets,
@@ -165,6 +166,60 @@ def evaluate(
             rows += _knn_auc(source, queries, gallery, vectors, knn_k, n_boot, seed)
     rows += _space(sets, vectors)
     return rows
+
+
+def run(
+    tuned: DualEncoder,
+    queries: Sequence[Case],
+    gallery: Sequence[Case],
+    *,
+    split: str = "test",
+    baseline: str | None = None,
+    library_vectors: Mapping[str, np.ndarray] | None = None,
+    cache_dir: str | Path | None = None,
+    knn_k: int = KNN_K,
+    n_boot: int = 1000,
+) -> Evaluation:
+    """`tuned` against the untuned `baseline` backbone (default: its own, with its own input
+    size) and chance, on the `split` cases `queries` (kNN neighbours from `gallery`, the train
+    cases). `library_vectors` (image path → vector, from a library built with `tuned`) are used
+    instead of embedding those images again; `cache_dir` keeps the frozen stages' features."""
+    import torch
+
+    from medxpert.encoders import DualEncoder
+
+    torch.manual_seed(0)  # the untuned model's new projection heads: the same every run
+    untuned = DualEncoder.create(baseline or tuned.backbone, device=str(tuned.device))
+    if untuned.backbone == tuned.backbone:  # the same input, so the difference is the tuning
+        untuned.preprocess = dict(tuned.preprocess)
+    if cache_dir is not None:  # the untuned towers share the frozen stages and their features
+        tuned.use_feature_cache(cache_dir)
+        frozen = tuned.image_stages.frozen_stages if tuned.image_stages else None
+        untuned.use_feature_cache(cache_dir, image_stages=frozen)
+    sets = RetrievalSets.from_cases(queries, gallery)
+    logger.info("evaluating on %s", sets.describe())
+    tuned_images = tuned.encode_images
+    if library_vectors:
+        tuned_images = cached(tuned_images, library_vectors)
+    models = {
+        "untuned": Embedder(untuned.encode_images, untuned.encode_texts),
+        "fine-tuned": Embedder(tuned_images, tuned.encode_texts),
+    }
+    meta = {
+        "model": tuned.info.get("path"),
+        "baseline": untuned.backbone,
+        "split": split,
+        "sets": sets.describe(),
+        "knn_k": knn_k,
+        "library vectors": len(library_vectors or {}),
+        "bootstrap": n_boot,
+    }
+    return Evaluation(
+        evaluate(models, sets, knn_k=knn_k, n_boot=n_boot),
+        ["chance", *models],
+        f"Retrieval, {split} split",
+        meta,
+    )
 
 
 def _embed_all(model: Embedder, sets: RetrievalSets) -> dict[str, np.ndarray]:

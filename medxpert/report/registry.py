@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import inspect
 
-from medxpert.config import Settings
+from medxpert.config import WRITERS, Settings
 from medxpert.errors import ConfigError
 from medxpert.report.gemini import GeminiWriter
 from medxpert.report.offline import OfflineWriter
 from medxpert.report.openai_compatible import OpenAICompatibleWriter
 from medxpert.report.readout import ReadoutWriter
 
-WRITERS = ("offline", "readout", "gemini", "openai-compatible")
 OFFLINE_WRITERS = ("offline", "readout")
 LLM_WRITERS: dict[str, type[GeminiWriter | OpenAICompatibleWriter]] = {
     "gemini": GeminiWriter,

@@ -25,8 +25,8 @@ import numpy as np
 
 from medxpert.atomic import atomic_write_json
 from medxpert.errors import ConfigError
-from medxpert.eval.reports import MIN_MACRO_POSITIVES, micro_macro_f1
 from medxpert.labels import CHEXPERT_LABELS, LABEL_INDEX, PATHOLOGIES
+from medxpert.metrics.text import MIN_MACRO_POSITIVES, micro_macro_f1
 
 logger = logging.getLogger(__name__)
 

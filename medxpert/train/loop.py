@@ -32,8 +32,8 @@ from medxpert.data import Case, group_studies, report_groups
 from medxpert.encoders import Augmentation, DualEncoder
 from medxpert.encoders.staged import ImageStages
 from medxpert.errors import MedXpertError
-from medxpert.eval.bootstrap import roc_auc
-from medxpert.eval.retrieval_metrics import (
+from medxpert.metrics.bootstrap import roc_auc
+from medxpert.metrics.retrieval import (
     group_recall_at_k,
     knn_label_scores,
     label_precision_at_k,
