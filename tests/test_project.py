@@ -71,3 +71,33 @@ def test_imports_point_one_way():
                 if name.startswith("medxpert.") and RANKS[name.split(".")[1]] > rank:
                     backwards.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not backwards, backwards
+
+
+def test_evaluation_sources_are_named_once():
+    """The data a protocol reads is named in eval/sources.py, never in a command or a protocol
+    (the shared-pack default of cli/common.py aside); display names are not sources read."""
+    import ast
+
+    names = {"nih_cxr14", "iu_xray", "iu_xray_r2gen", "covid_cxr", "mimic_cxr"}
+    allowed = {"medxpert/eval/sources.py", "medxpert/cli/common.py"}
+    named = []
+    for folder in ("eval", "cli"):
+        for path in sorted((ROOT / "medxpert" / folder).glob("*.py")):
+            where = str(path.relative_to(ROOT))
+            if where in allowed:
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            display_keys = {
+                id(key)
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Dict)
+                for key in node.keys
+            }
+            named += [
+                f"{where}:{node.lineno} {node.value}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Constant)
+                and node.value in names
+                and id(node) not in display_keys
+            ]
+    assert not named, named
