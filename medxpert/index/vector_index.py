@@ -123,14 +123,16 @@ def default_search_params(factory: str) -> str:
     return ",".join(params)
 
 
+def nlist_for(count: int) -> int:
+    """The IVF lists ``{nlist}`` stands for with `count` vectors: 4·√N, at most N / 39 (FAISS
+    wants 39 training vectors per list)."""
+    return max(1, min(int(4 * math.sqrt(max(count, 1))), max(count // 39, 1)))
+
+
 def _resolve_factory(factory: str, count: int, dim: int) -> str:
     if factory == "auto":
         factory = default_factory(count, dim)
-    if "{nlist}" in factory:
-        factory = factory.replace(
-            "{nlist}", str(max(1, min(int(4 * math.sqrt(max(count, 1))), max(count // 39, 1))))
-        )
-    return factory
+    return factory.replace("{nlist}", str(nlist_for(count)))
 
 
 class VectorIndex:
