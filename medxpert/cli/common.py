@@ -108,6 +108,23 @@ def sample_test_images(n: int, seed: int) -> list[Case]:
     return random.Random(seed).sample(test, min(n, len(test))) if n else []
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, name: str, *, bootstrap: bool = True):
+    """--bootstrap (resamples of the 95% intervals) and --out (default: results/`name`)."""
+    if bootstrap:
+        parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"output prefix (default: results/{name})"
+    )
+    parser.set_defaults(out_name=name)
+
+
+def output_prefix(args: argparse.Namespace) -> Path:
+    """Where an evaluation writes its files: --out, else results/<its name>."""
+    from medxpert.config import Settings
+
+    return args.out or Settings.from_env().results_dir / args.out_name
+
+
 def present_results(paths: dict[str, Path], *notes: str) -> None:
     """Show an evaluation's Markdown table, `notes`, and every file it wrote."""
     if "md" in paths:

@@ -10,9 +10,11 @@ from pathlib import Path
 from medxpert.cli import fusion, guard, reports
 from medxpert.cli.common import (
     add_artifact_arguments,
+    add_output_arguments,
     add_source_arguments,
     load_pipeline,
     load_sources,
+    output_prefix,
     present_results,
 )
 from medxpert.config import Settings
@@ -44,10 +46,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_source_arguments(retrieval)
     retrieval.add_argument("--split", default="test", choices=("val", "test"))
     retrieval.add_argument("--knn-k", type=int, default=None, help="neighbours for kNN AUC")
-    retrieval.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    retrieval.add_argument(
-        "--out", type=Path, default=None, help="output prefix (default: results/retrieval_metrics)"
-    )
+    add_output_arguments(retrieval, "retrieval_metrics")
     retrieval.set_defaults(run=_run_retrieval)
 
     context = kinds.add_parser(
@@ -60,10 +59,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_artifact_arguments(context)
     context.add_argument("-k", "--k", type=int, default=10)
     context.add_argument("--note-weight", type=float, default=None)
-    context.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    context.add_argument(
-        "--out", type=Path, default=None, help="output prefix (default: results/context_metrics)"
-    )
+    add_output_arguments(context, "context_metrics")
     context.set_defaults(run=_run_context)
 
     blend = kinds.add_parser(
@@ -82,10 +78,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default="both",
         help="what the queries retrieve (default both, as diagnose does)",
     )
-    blend.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    blend.add_argument(
-        "--out", type=Path, default=None, help="output prefix (default: results/blend_metrics)"
-    )
+    add_output_arguments(blend, "blend_metrics")
     blend.set_defaults(run=_run_blend)
 
     fusion.add_eval_command(kinds)
@@ -120,7 +113,7 @@ def _run_retrieval(args: argparse.Namespace) -> None:
         n_boot=args.bootstrap,
     )
     print(f"evaluated on {evaluation.meta['sets']}")
-    present_results(evaluation.write(args.out or settings.results_dir / "retrieval_metrics"))
+    present_results(evaluation.write(output_prefix(args)))
 
 
 def _run_context(args: argparse.Namespace) -> None:
@@ -130,8 +123,7 @@ def _run_context(args: argparse.Namespace) -> None:
     note_weight = args.note_weight if args.note_weight is not None else DEFAULT_NOTE_WEIGHT
     pipeline, _ = load_pipeline(args, note_weight=note_weight)
     evaluation = context.run(pipeline, k=args.k, n_boot=args.bootstrap)
-    out = args.out or Settings.from_env().results_dir / "context_metrics"
-    present_results(evaluation.write(out))
+    present_results(evaluation.write(output_prefix(args)))
 
 
 def _run_blend(args: argparse.Namespace) -> None:
@@ -142,7 +134,5 @@ def _run_blend(args: argparse.Namespace) -> None:
     meta = result.evaluation.meta
     print(f"validation Brier score by weight: {meta['validation Brier score by weight (chooses)']}")
     print(f"validation macro AUC by weight: {meta['validation macro AUC by weight']}")
-    paths = blend.save(
-        result, index_dir, args.out or Settings.from_env().results_dir / "blend_metrics"
-    )
+    paths = blend.save(result, index_dir, output_prefix(args))
     present_results(paths, f"saved the weight {result.weight:g} to {paths['blend']}")

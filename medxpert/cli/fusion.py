@@ -4,9 +4,13 @@ next to the index; compare every method on test."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from medxpert.cli.common import add_artifact_arguments, present_results
+from medxpert.cli.common import (
+    add_artifact_arguments,
+    add_output_arguments,
+    output_prefix,
+    present_results,
+)
 from medxpert.config import Settings
 
 
@@ -25,10 +29,7 @@ def add_eval_command(kinds: argparse._SubParsersAction) -> None:
     add_artifact_arguments(parser)
     parser.add_argument("-k", "--k", type=int, default=10, help="studies retrieved per query")
     parser.add_argument("--k0", type=int, default=60, help="the k0 of reciprocal-rank fusion")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="output prefix (default: results/fusion_metrics)"
-    )
+    add_output_arguments(parser, "fusion_metrics")
     parser.set_defaults(run=_run)
 
 
@@ -42,5 +43,5 @@ def _run(args: argparse.Namespace) -> None:
     engine = SearchEngine.from_artifacts(model_dir, index_dir, device=settings.device)
     result = fusion.run(engine, k=args.k, k0=args.k0, n_boot=args.bootstrap)
     print(result.evaluation.meta["queries"])
-    paths = fusion.save(result, index_dir, args.out or settings.results_dir / "fusion_metrics")
+    paths = fusion.save(result, index_dir, output_prefix(args))
     present_results(paths, f"saved the fusion {result.fusion.method} to {paths['fusion']}")

@@ -4,10 +4,14 @@ and `medxpert eval reports` (report quality against the baselines, by protocol).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from medxpert.cli.common import add_artifact_arguments, load_pipeline, present_results
-from medxpert.config import Settings
+from medxpert.cli.common import (
+    add_artifact_arguments,
+    add_output_arguments,
+    load_pipeline,
+    output_prefix,
+    present_results,
+)
 from medxpert.eval.sources import REPORT_PROTOCOLS
 
 
@@ -23,9 +27,7 @@ def add_eval_commands(kinds: argparse._SubParsersAction) -> None:
     )
     add_artifact_arguments(thresholds)
     _add_protocol(thresholds)
-    thresholds.add_argument(
-        "--out", type=Path, default=None, help="output prefix (default: results/thresholds)"
-    )
+    add_output_arguments(thresholds, "thresholds", bootstrap=False)
     thresholds.set_defaults(run=_run_thresholds)
 
     reports = kinds.add_parser(
@@ -40,10 +42,7 @@ def add_eval_commands(kinds: argparse._SubParsersAction) -> None:
     add_artifact_arguments(reports)
     _add_protocol(reports)
     reports.add_argument("--limit", type=int, default=None, help="at most N items per set")
-    reports.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    reports.add_argument(
-        "--out", type=Path, default=None, help="output prefix (default: results/report_metrics)"
-    )
+    add_output_arguments(reports, "report_metrics")
     reports.set_defaults(run=_run_reports)
 
 
@@ -62,8 +61,7 @@ def _run_thresholds(args: argparse.Namespace) -> None:
     pipeline, index_dir = load_pipeline(args)
     result = thresholds.run(pipeline, args.protocol)
     print(result.table())
-    out = args.out or Settings.from_env().results_dir / "thresholds"
-    paths = thresholds.save(result, index_dir, out)
+    paths = thresholds.save(result, index_dir, output_prefix(args))
     print(f"wrote {paths['thresholds']} and {paths['md']}")
 
 
@@ -72,5 +70,6 @@ def _run_reports(args: argparse.Namespace) -> None:
 
     pipeline, _ = load_pipeline(args)
     evaluation = reports.run(pipeline, args.protocol, limit=args.limit, n_boot=args.bootstrap)
-    default_out = "report_metrics" if args.protocol == "iu" else f"report_metrics_{args.protocol}"
-    present_results(evaluation.write(args.out or Settings.from_env().results_dir / default_out))
+    if args.protocol != "iu":
+        args.out_name = f"{args.out_name}_{args.protocol}"
+    present_results(evaluation.write(output_prefix(args)))

@@ -112,21 +112,12 @@ def create_parts(
     text_tower: str | Path | None,
     overrides: dict[str, object],
 ) -> EncoderParts:
-    """A backbone: from the hub when it needs the hub and `pretrained`, else from its config."""
-    if spec.hub and pretrained:
-        return _from_hub(spec, device)
-    return _from_config(spec, device, pretrained, text_tower, overrides)
-
-
-def _from_config(
-    spec: Backbone,
-    device: torch.device,
-    pretrained: bool,
-    text_tower: str | Path | None,
-    overrides: dict[str, object],
-) -> EncoderParts:
+    """A backbone: from the hub when it needs the hub and `pretrained`, else built offline from
+    its open_clip config (with `overrides`) and our offline weights where it has them."""
     import open_clip
 
+    if spec.hub and pretrained:
+        return _from_hub(spec, device)
     model_cfg = copy.deepcopy(open_clip.get_model_config(spec.model_config))
     if model_cfg is None:
         raise ModelNotFoundError(f"no open_clip model config {spec.model_config!r}.")
