@@ -34,7 +34,7 @@ from medxpert.config import Settings
 from medxpert.data.images import DicomHeader, ImageSource, dicom_header, open_image
 from medxpert.errors import InputRefusedError, QueryError
 from medxpert.guard import OVERRIDE, InputGuard, describe_problems
-from medxpert.index.library import library_artifacts
+from medxpert.index.library import LoadsFromLibrary
 from medxpert.report import ReportContext, StructuredReport, Writer, make_writer, writer_options
 from medxpert.report.sentences import phrasing_counts
 from medxpert.report.thresholds import default_thresholds, read_thresholds
@@ -73,7 +73,7 @@ class Diagnosis:
         }
 
 
-class DiagnosisPipeline:
+class DiagnosisPipeline(LoadsFromLibrary):
     """Search engine + captioner + report writer."""
 
     def __init__(
@@ -95,27 +95,19 @@ class DiagnosisPipeline:
         self.phrasing = phrasing_counts(text for _, *sections in reports for text in sections)
 
     @classmethod
-    def load(
-        cls,
-        library: str | Path | None = None,
-        *,
-        model: str | Path | None = None,
-        settings: Settings | None = None,
-        **options,
-    ) -> DiagnosisPipeline:
-        """A case library by name (under `settings.indexes_dir`; default: the `encoder`
-        setting's) or folder, with the model its manifest records (under
-        `settings.models_dir`) unless `model` names another. `options` are `from_artifacts`'s;
-        the captioner, writer (with its LLM options), device and k default to the settings'."""
-        settings = settings or Settings.from_env()
-        model_dir, index_dir = library_artifacts(library, model, settings)
-        options.setdefault("captioner", settings.captioner)
-        options.setdefault("writer", settings.writer)
-        options.setdefault("device", settings.device)
-        options.setdefault("k", settings.top_k)
+    def default_options(cls, options: dict, settings: Settings) -> dict:
+        """For `load`: the captioner, writer (with its LLM options), device and k default to
+        the settings'."""
+        options = {
+            "captioner": settings.captioner,
+            "writer": settings.writer,
+            "device": settings.device,
+            "k": settings.top_k,
+            **options,
+        }
         if options.get("writer_options") is None:
             options["writer_options"] = writer_options(options["writer"], settings)
-        return cls.from_artifacts(model_dir, index_dir, **options)
+        return options
 
     @classmethod
     def from_artifacts(

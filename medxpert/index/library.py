@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -493,6 +494,33 @@ def library_artifacts(
     setting's) and the model its manifest records unless `model` names another."""
     index_dir = settings.library_path(library)
     return Path(model) if model else library_model(index_dir, settings.models_dir), index_dir
+
+
+class LoadsFromLibrary:
+    """`load(library)`: a class made `from_artifacts(model_dir, index_dir, **options)` loads
+    from a library's name, with the model its manifest records (the search engine and the
+    pipeline). `default_options` fills the options a class takes from the settings."""
+
+    @classmethod
+    def load(
+        cls,
+        library: str | Path | None = None,
+        *,
+        model: str | Path | None = None,
+        settings: Settings | None = None,
+        **options,
+    ) -> Self:
+        """A case library by name (under `settings.indexes_dir`; default: the `encoder`
+        setting's) or folder, with the model its manifest records (found under
+        `settings.models_dir`) unless `model` names another; `options` as `from_artifacts`'s,
+        the unset ones from the settings (`default_options`)."""
+        settings = settings or Settings.from_env()
+        model_dir, index_dir = library_artifacts(library, model, settings)
+        return cls.from_artifacts(model_dir, index_dir, **cls.default_options(options, settings))
+
+    @classmethod
+    def default_options(cls, options: dict, settings: Settings) -> dict:
+        return {"device": settings.device, **options}
 
 
 def library_model(directory: str | Path, models_dir: str | Path) -> Path:

@@ -24,13 +24,12 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from medxpert.config import Settings
 from medxpert.data import Case
 from medxpert.data.images import ImageSource
 from medxpert.encoders import DualEncoder
 from medxpert.errors import QueryError
 from medxpert.index import CaseLibrary
-from medxpert.index.library import library_artifacts, read_manifest
+from medxpert.index.library import LoadsFromLibrary, read_manifest
 from medxpert.retrieval.fusion import Fusion, read_fusion
 from medxpert.retrieval.hits import Evidence, Hit, StudyMatch
 
@@ -76,7 +75,7 @@ class Filters:
         )
 
 
-class SearchEngine:
+class SearchEngine(LoadsFromLibrary):
     """Search a `CaseLibrary` with the `DualEncoder` it was built with; `fusion` fuses the two
     indexes for `target="both"` (a `Fusion`, or a method name; default rrf)."""
 
@@ -92,24 +91,6 @@ class SearchEngine:
             raise QueryError(f"note_weight must be between 0 and 1, got {note_weight}.")
         self.library, self.encoder, self.note_weight = library, encoder, note_weight
         self.fusion = fusion if isinstance(fusion, Fusion) else Fusion(fusion or "rrf")
-
-    @classmethod
-    def load(
-        cls,
-        library: str | Path | None = None,
-        *,
-        model: str | Path | None = None,
-        settings: Settings | None = None,
-        **options,
-    ) -> SearchEngine:
-        """A case library by name (under `settings.indexes_dir`; default: the `encoder`
-        setting's) or folder, with the model its manifest records (found under
-        `settings.models_dir`) unless `model` names another; `options` as `from_artifacts`'s
-        (device default: the settings')."""
-        settings = settings or Settings.from_env()
-        model_dir, index_dir = library_artifacts(library, model, settings)
-        options.setdefault("device", settings.device)
-        return cls.from_artifacts(model_dir, index_dir, **options)
 
     @classmethod
     def from_artifacts(
