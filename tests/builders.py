@@ -330,22 +330,28 @@ def mini_packs(target: Path, shared: dict[str, Path], per_split: dict[str, int])
     return target
 
 
+def image_case(path: Path, pixels: np.ndarray, **fields) -> Case:
+    """A case (split train unless `fields` say otherwise) whose X-ray is `pixels`, written to
+    `path` as a PNG."""
+    path.write_bytes(png_bytes(np.asarray(pixels).astype(np.uint8)))
+    return Case(**{"split": "train", **fields}, image_path=str(path))
+
+
 def library_cases(tmp_path: Path) -> list[Case]:
     """12 labelled image-only cases (8 train, 4 test; two per patient) and 6 text-only cases
     in 3 studies (two images of a study share one report)."""
     cases = []
     for i in range(12):
-        path = tmp_path / f"img{i}.png"
-        path.write_bytes(png_bytes(gradient(low=i * 10, high=100 + i * 10)))
         cases.append(
-            Case(
+            image_case(
+                tmp_path / f"img{i}.png",
+                gradient(low=i * 10, high=100 + i * 10),
                 case_id=f"nih:{i}",
                 source="nih",
                 split="train" if i < 8 else "test",
                 study_id=f"nih:{i}",
                 patient_id=f"p{i // 2}",
                 view="frontal",
-                image_path=str(path),
                 labels=label_vector({"Edema": 1}),
             )
         )

@@ -13,7 +13,7 @@ from medxpert.caption.training import finetune_captioner
 from medxpert.data import Case
 from medxpert.errors import HubUnavailableError, ModelFormatError, QueryError
 from medxpert.train.loop import TrainingDataError
-from tests.builders import gradient, png_bytes, tiny_blip
+from tests.builders import gradient, image_case, png_bytes, tiny_blip
 
 REPORTS = [
     "large left pleural effusion.",
@@ -31,14 +31,12 @@ def blip_dir(tmp_path_factory):
 def pairs(tmp_path, n: int = 8) -> list[Case]:
     cases = []
     for i in range(n):
-        path = tmp_path / f"pair{i}.png"
-        path.write_bytes(png_bytes(gradient(low=i * 20, high=120 + i * 10)))
         cases.append(
-            Case(
+            image_case(
+                tmp_path / f"pair{i}.png",
+                gradient(low=i * 20, high=120 + i * 10),
                 case_id=f"p:{i}",
                 source="t",
-                split="train",
-                image_path=str(path),
                 findings=REPORTS[i % len(REPORTS)],
             )
         )

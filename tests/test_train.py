@@ -24,7 +24,7 @@ from medxpert.train.losses import (
     soft_self_loss,
     soft_targets,
 )
-from tests.builders import TOY_WORDS, png_bytes, tiny_encoder
+from tests.builders import TOY_WORDS, image_case, png_bytes, tiny_encoder
 
 LEVEL_WORDS = TOY_WORDS[TOY_WORDS.index("zero") : TOY_WORDS.index("fifteen") + 1]
 
@@ -92,14 +92,12 @@ def toy_pairs(tmp_path, n: int = 16) -> list[Case]:
         pixels = np.clip(60 + rng.normal(0, 3, (48, 48)), 0, 255)
         row, column = divmod(i, 4)
         pixels[row * 12 : (row + 1) * 12, column * 12 : (column + 1) * 12] = 230
-        path = tmp_path / f"toy{i}.png"
-        path.write_bytes(png_bytes(pixels.astype(np.uint8)))
         cases.append(
-            Case(
+            image_case(
+                tmp_path / f"toy{i}.png",
+                pixels,
                 case_id=f"toy:{i}",
                 source="toy",
-                split="train",
-                image_path=str(path),
                 findings=f"level {LEVEL_WORDS[i]}.",
                 view="frontal",
             )
@@ -119,14 +117,12 @@ def toy_unpaired(tmp_path) -> list[Case]:
             pixels[:20, :20] = 230
         else:
             pixels[28:, 28:] = 230
-        path = tmp_path / f"u{i}.png"
-        path.write_bytes(png_bytes(pixels.astype(np.uint8)))
         cases.append(
-            Case(
+            image_case(
+                tmp_path / f"u{i}.png",
+                pixels,
                 case_id=f"img:{i}",
                 source="toy",
-                split="train",
-                image_path=str(path),
                 labels=label_vector({label: 1}),
             )
         )
