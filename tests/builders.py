@@ -459,6 +459,19 @@ def report_hit(
     return Hit(case, score, rank, "report")
 
 
+def send_json(handler, status: int, data: bytes) -> None:
+    """Answer an HTTP request of a loopback server (`BaseHTTPRequestHandler`) with JSON `data`;
+    a client that has given up (a timeout test) is no error."""
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now."""
     with socket.socket() as sock:

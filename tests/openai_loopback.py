@@ -21,6 +21,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.builders import send_json
+
 MODES = (
     "faithful",
     "unfaithful",
@@ -141,15 +143,7 @@ def _handler(server: LoopbackLLM) -> type[BaseHTTPRequestHandler]:
             self._send(*server.answer(body))
 
         def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-                pass
+            send_json(self, status, json.dumps(payload).encode())
 
         def log_message(self, *args: object) -> None:
             pass

@@ -16,7 +16,7 @@ import pytest
 
 from medxpert.report import GeminiWriter, OfflineWriter, ReportContext
 from medxpert.report.deid import deidentify
-from tests.builders import report_hit
+from tests.builders import report_hit, send_json
 
 KEY = "test-key-not-a-secret-4711"
 NOTE = "Seen by Dr. Jane Smith on 03/14/2024, MRN 12345678, jane@example.org. Fever, cough."
@@ -50,14 +50,7 @@ class FakeGemini(BaseHTTPRequestHandler):
         status, payload, delay = FakeGemini.script.pop(0)
         time.sleep(delay)
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-            pass
+        send_json(self, status, data)
 
     def log_message(self, *args) -> None:
         pass
