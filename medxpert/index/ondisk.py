@@ -59,6 +59,7 @@ from medxpert.atomic import atomic_path
 from medxpert.errors import ConfigError, IndexFormatError, QueryError
 from medxpert.index.vector_index import (
     DISK_PREFIX,
+    RemovableIndex,
     _drop_removed,
     _resolve_factory,
     apply_search_params,
@@ -107,7 +108,7 @@ class Tuning:
         return self.recall >= self.target
 
 
-class OnDiskIndex:
+class OnDiskIndex(RemovableIndex):
     """A memory-mapped IVF index over L2-normalised vectors (inner product), with ids.
     Build with `OnDiskIndex.build(shards, directory, factory)`, read with `load`."""
 
@@ -374,13 +375,6 @@ class OnDiskIndex:
         apply_search_params(self._index, params, self.factory)
         self.search_params = params
 
-    @property
-    def dim(self) -> int:
-        return int(self._index.d)
-
-    def __len__(self) -> int:
-        return int(self._index.ntotal) - len(self.removed)
-
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         raise IndexFormatError(
             f"an on-disk index ({self.factory}) cannot take new vectors; rebuild the library "
@@ -415,8 +409,7 @@ class OnDiskIndex:
 
     def ids(self) -> np.ndarray:
         """The ids in the index (removed ones left out), in ascending order."""
-        stored = self._stored_ids()
-        return stored[~np.isin(stored, np.fromiter(self.removed, dtype=np.int64))]
+        return self._live(self._stored_ids())
 
     def _stored_ids(self) -> np.ndarray:
         faiss = load_faiss()

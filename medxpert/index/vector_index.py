@@ -23,6 +23,7 @@ import logging
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -135,7 +136,25 @@ def _resolve_factory(factory: str, count: int, dim: int) -> str:
     return factory.replace("{nlist}", str(nlist_for(count)))
 
 
-class VectorIndex:
+class RemovableIndex:
+    """What both index kinds share: a FAISS index (`_index`) and the ids removed from it."""
+
+    _index: Any
+    removed: set[int]
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal) - len(self.removed)
+
+    def _live(self, stored: np.ndarray) -> np.ndarray:
+        """`stored` ids without the removed ones."""
+        return stored[~np.isin(stored, np.fromiter(self.removed, dtype=np.int64))]
+
+
+class VectorIndex(RemovableIndex):
     """FAISS index + ids. Build with `VectorIndex.build(vectors, ids, factory)`."""
 
     def __init__(
@@ -213,13 +232,6 @@ class VectorIndex:
     def device(self) -> str:
         return "gpu" if self._search_index is not self._index else "cpu"
 
-    @property
-    def dim(self) -> int:
-        return int(self._index.d)
-
-    def __len__(self) -> int:
-        return int(self._index.ntotal) - len(self.removed)
-
     # --- changes -----------------------------------------------------------------------------
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         vectors = _as_matrix(vectors)
@@ -294,8 +306,7 @@ class VectorIndex:
 
     def ids(self) -> np.ndarray:
         """The ids in the index (removed ones left out)."""
-        stored = faiss_vector_to_array(self._index.id_map).astype(np.int64)
-        return stored[~np.isin(stored, np.fromiter(self.removed, dtype=np.int64))]
+        return self._live(faiss_vector_to_array(self._index.id_map).astype(np.int64))
 
     @property
     def _scannable(self) -> bool:
