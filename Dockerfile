@@ -3,7 +3,7 @@
 #   docker run -p 8000:8000 -e MEDXPERT_API_KEY=... \
 #     -v "$PWD/models:/models" -v "$PWD/indexes:/indexes" -v "$PWD/data:/data:ro" medxpert
 #   docker run -p 8501:8501 -v ... medxpert \
-#     streamlit run app/app.py --server.address 0.0.0.0 --server.port 8501 --server.headless true
+#     medxpert app --host 0.0.0.0 --port 8501 --trusted-network
 # Models and case libraries are volumes (build them with ./dev.sh or `medxpert train` /
 # `medxpert index build`); nothing is downloaded at run time.
 FROM python:3.11-slim-bookworm
@@ -25,7 +25,6 @@ COPY requirements.txt ./
 RUN pip install -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY medxpert ./medxpert
-COPY app ./app
 RUN pip install --no-deps . && pip check
 
 RUN useradd --create-home --uid 10001 medxpert \

@@ -238,8 +238,7 @@ run_app() {
   ensure_index
   local port="${MEDXPERT_APP_PORT:-8501}"
   step "Streamlit UI on http://127.0.0.1:$port (Ctrl-C stops it)"
-  "$VENV/bin/streamlit" run app/app.py --server.address 127.0.0.1 --server.port "$port" \
-    --server.headless true --browser.gatherUsageStats false
+  "$VENV/bin/medxpert" app --host 127.0.0.1 --port "$port"
 }
 
 run_serve() {

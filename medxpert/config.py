@@ -7,6 +7,7 @@ Every field can be overridden with a `MEDXPERT_<FIELD>` environment variable, e.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,3 +116,13 @@ def _parse(name: str, type_name: object, raw: str) -> object:
         except ValueError:
             raise ConfigError(f"MEDXPERT_{name.upper()}={raw!r} is not an integer.") from None
     return raw.strip()
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False

@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # so that `app.browser` imports from the checkout
+sys.path.insert(0, str(ROOT))  # so that `tests.browser` imports from the checkout
 
-from app.browser import AppPage, chromium, missing_browser, streamlit_app  # noqa: E402
+from tests.browser import AppPage, chromium, missing_browser, streamlit_app  # noqa: E402
 
 SAMPLE_LABEL = "Test-split X-ray"
 DEFAULT_CASE = "covid_cxr:covid-19-pneumonia-67"  # a note, a priority triage, an ICD-10 code

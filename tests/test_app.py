@@ -1,16 +1,19 @@
-"""The Streamlit app (app/app.py) under `streamlit.testing`: a text query, a test-split sample,
-uploads (corrupt, oversized, DICOM), the sidebar's choices, and no library built. The app runs
+"""The Streamlit app (medxpert/app/app.py) under `streamlit.testing`: a text query, a
+test-split sample, uploads (corrupt, oversized, DICOM), the sidebar's choices, and no library
+built; and `medxpert app` serving it. The app runs
 on a tiny workspace (tests.builders.tiny_workspace); its output is compared with the pipeline's."""
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from medxpert.app import PAGE
 from medxpert.config import Settings
 from medxpert.data import load_cases
 from medxpert.eval.context import history_note
@@ -18,7 +21,6 @@ from medxpert.pipeline import DiagnosisPipeline
 from medxpert.report.gemini import KEY_VARIABLES
 from tests.builders import dicom_bytes, gradient, png_bytes, tiny_encoder
 
-APP = Path(__file__).resolve().parents[1] / "app" / "app.py"
 TIMEOUT_S = 120  # a script run that loads the pipeline; later runs take about a second
 UPLOAD, SAMPLE, TEXT = "Upload an X-ray", "Sample X-ray (test split)", "Text query"
 TRIAGE_COLOURS = {"urgent": "red", "priority": "orange", "routine": "green"}
@@ -54,7 +56,7 @@ def reference(workspace) -> DiagnosisPipeline:
 
 
 def run_app() -> AppTest:
-    return AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
+    return AppTest.from_file(str(PAGE), default_timeout=TIMEOUT_S).run()
 
 
 def diagnose(at: AppTest) -> AppTest:
@@ -292,3 +294,44 @@ def test_a_library_without_its_model_is_skipped_with_the_reason(env, monkeypatch
     skipped = [c.value for c in at.caption if c.value.startswith("Skipped:")]
     assert len(skipped) == 1 and "medxpert-default" in skipped[0]
     assert f"no model under {models} has it" in skipped[0]
+
+
+def test_medxpert_app_serves_the_page_and_stays_on_this_machine_unless_told(tmp_path):
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.builders import free_port
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "medxpert", "app", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "--trusted-network" in refused.stderr
+    port = free_port()
+    log = (tmp_path / "app.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "medxpert", "app", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        page = None
+        for _ in range(240):
+            assert server.poll() is None, (tmp_path / "app.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health") as health:
+                    assert health.read() == b"ok"
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as answer:
+                    page = answer.read().decode()
+                break
+            except OSError:
+                time.sleep(0.25)
+        assert page is not None and "<title>Streamlit</title>" in page
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    assert f"MedXpert UI on http://127.0.0.1:{port}" in (tmp_path / "app.log").read_text()

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from app.browser import AppPage, chromium, missing_browser, streamlit_app
 from medxpert.config import Settings
 from medxpert.data import load_cases
 from medxpert.index import CaseLibrary
 from medxpert.pipeline import DiagnosisPipeline
+from tests.browser import AppPage, chromium, missing_browser, streamlit_app
 
 pytestmark = pytest.mark.slow
 

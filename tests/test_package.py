@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ PACKAGE_DATA = (
     "medxpert/encoders/backbones.json",
     "medxpert/encoders/model_configs/medxpert-default.json",
     "medxpert/labels/data/observations.json",
+    "medxpert/app/app.py",  # the Streamlit page that `medxpert app` serves
 )
 
 
@@ -98,14 +100,16 @@ def installed(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_the_installed_package_is_the_wheels_not_the_checkouts(installed, tmp_path):
     where = subprocess.run(
-        [installed / "python", "-c", "import medxpert; print(medxpert.__file__)"],
+        [installed / "python", "-c", "import medxpert.app as a; print(a.__file__, a.PAGE)"],
         cwd=tmp_path,
         env=fresh_environment(),
         capture_output=True,
         text=True,
         check=True,
     )
-    assert Path(where.stdout.strip()).is_relative_to(installed.parent)
+    package, page = map(Path, where.stdout.split())
+    assert package.is_relative_to(installed.parent) and page.is_relative_to(installed.parent)
+    assert page.is_file(), "the page `medxpert app` serves ships in the wheel"
 
 
 @pytest.mark.slow
@@ -113,7 +117,7 @@ def test_the_console_script_helps_and_searches_a_tiny_library(installed, make_wo
     environment = {**fresh_environment(), **make_workspace(tmp_path / "workspace")}
     run = {"cwd": tmp_path, "env": environment, "capture_output": True, "text": True}
     helped = subprocess.run([installed / "medxpert", "--help"], **run)
-    assert helped.returncode == 0 and "search" in helped.stdout
+    assert helped.returncode == 0 and {"search", "app"} <= set(re.findall(r"\w+", helped.stdout))
     out = tmp_path / "hits.json"
     query = ["search", "--text", "right pleural effusion", "-k", "3", "--json", str(out)]
     searched = subprocess.run([installed / "medxpert", *query], **run)

@@ -45,6 +45,7 @@ RANKS = {
     "interop": 12,
     "api": 13,
     "cli": 14,
+    "app": 14,
     "__main__": 14,
 }
 

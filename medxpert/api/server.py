@@ -9,7 +9,6 @@ its worker's process id in the `X-MedXpert-Worker` header.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medxpert.api.keys import API_KEY_HEADER, API_KEY_VARIABLE
+from medxpert.config import is_loopback
 from medxpert.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,16 +33,6 @@ WORKER_HEADER = "X-MedXpert-Worker"
 # Seconds a worker may take to answer the supervisor's health check (uvicorn's default, 5,
 # is tight while a worker on a busy 2-core machine loads its pipeline).
 HEALTHCHECK_TIMEOUT_S = 30
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to any interface
-        return False
 
 
 def check_exposure(host: str, api_key: str | None, allow_no_key: bool = False) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from medxpert import __version__
 from medxpert.cli import (
+    app,
     captioner,
     data,
     diagnose,
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         diagnose,
         evaluate,
         serve,
+        app,
         dicom_node,
     ):
         module.add_commands(commands)

@@ -9,9 +9,9 @@ import re
 
 import pandas as pd
 import streamlit as st
-from artifacts import study_thumbnail
-from query_input import Query
 
+from medxpert.app.artifacts import study_thumbnail
+from medxpert.app.query_input import Query
 from medxpert.data import open_image
 from medxpert.errors import MedXpertError
 from medxpert.explain import Explainer, overlay

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import streamlit as st
-from artifacts import SAMPLE_SOURCES, test_samples
 from PIL import Image
 
+from medxpert.app.artifacts import SAMPLE_SOURCES, test_samples
 from medxpert.config import Settings
 from medxpert.data import Case, open_image
 from medxpert.errors import QueryError

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 
 import streamlit as st
-from artifacts import Artifacts, Library
 
+from medxpert.app.artifacts import Artifacts, Library
 from medxpert.caption.registry import BLIP_DIR_NAME
 from medxpert.config import Settings
 from medxpert.report import writer_options

@@ -1,6 +1,6 @@
-"""Drive the app in a real browser: `streamlit run app/app.py` on a free local port, and headless
-Chromium (Debian's chromium and chromedriver) through Selenium. Used by tests/test_browser.py
-and scripts/app_screenshot.py.
+"""Drive the app in a real browser: the page (`medxpert.app.streamlit_command`) on a free
+local port, and headless Chromium (Debian's chromium and chromedriver) through Selenium. Used
+by tests/test_browser.py and scripts/app_screenshot.py.
 
     with streamlit_app(env, log) as url, chromium(profile) as driver:
         page = AppPage(driver, url).open()
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -32,7 +30,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-APP = Path(__file__).resolve().parent / "app.py"
+from medxpert.app import PAGE, streamlit_command
+from tests.builders import free_port
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # Without the background-networking flags Chromium's own connections are refused in a sandbox
@@ -60,37 +60,17 @@ def missing_browser() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def streamlit_app(env: Mapping[str, str], log: Path, *, timeout_s: float = 90) -> Iterator[str]:
     """Serve the app on 127.0.0.1 with `env` added to this process's environment (offline hub);
     yield its URL once healthy; always stop it. Its output goes to `log`."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP),
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    command = streamlit_command("127.0.0.1", port)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            command, cwd=APP.parents[1], env=environment, stdout=output, stderr=subprocess.STDOUT
+            command, cwd=PAGE.parents[2], env=environment, stdout=output, stderr=subprocess.STDOUT
         )
         try:
             _wait_healthy(url, process, log, timeout_s)

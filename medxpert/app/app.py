@@ -1,4 +1,4 @@
-"""MedXpert's Streamlit UI: `./dev.sh app`, or `streamlit run app/app.py`.
+"""MedXpert's Streamlit UI: `medxpert app` (or `./dev.sh app`).
 
 Pick a case library and model in the sidebar; give an X-ray (an upload, several uploads of one
 study, or a test-split sample, with an optional clinical note) or a text query; read the
@@ -10,11 +10,11 @@ logic: it calls `DiagnosisPipeline`. Settings come from `MEDXPERT_*` variables
 import json
 
 import streamlit as st
-from artifacts import find_artifacts, how_to_build, load_explainer, load_pipeline
-from query_input import query_input
-from result_view import show_diagnosis
-from sidebar import sidebar
 
+from medxpert.app.artifacts import find_artifacts, how_to_build, load_explainer, load_pipeline
+from medxpert.app.query_input import query_input
+from medxpert.app.result_view import show_diagnosis
+from medxpert.app.sidebar import sidebar
 from medxpert.config import Settings
 from medxpert.errors import MedXpertError
 
