@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from medxpert.data import SPLITS, Case, load_cases
 from medxpert.eval.results import Evaluation, Row
+from medxpert.eval.retrieval import SOURCE_NAMES
 from medxpert.eval.sources import CONTEXT_SOURCE
 from medxpert.labels import CHEXPERT_LABELS, default_labeler
 from medxpert.metrics.bootstrap import bootstrap_auc, bootstrap_mean
@@ -169,6 +170,7 @@ def run(
     return Evaluation(
         evaluate_context(items, CONDITIONS, query, n_boot=n_boot),
         list(CONDITIONS),
-        f"Clinical context A/B ({len(items)} {source} X-rays with a history note)",
+        f"Clinical context A/B ({len(items)} {SOURCE_NAMES.get(source, source)} X-rays with a "
+        "history note)",
         {"k": k, "note_weight": pipeline.engine.note_weight, "bootstrap": n_boot},
     )

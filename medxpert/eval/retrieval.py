@@ -189,7 +189,7 @@ def run(
     from medxpert.encoders import DualEncoder
 
     torch.manual_seed(0)  # the untuned model's new projection heads: the same every run
-    untuned = DualEncoder.create(baseline or tuned.backbone, device=str(tuned.device))
+    untuned = DualEncoder.create(baseline or tuned.backbone, device=tuned.device.type)
     if untuned.backbone == tuned.backbone:  # the same input, so the difference is the tuning
         untuned.preprocess = dict(tuned.preprocess)
     if cache_dir is not None:  # the untuned towers share the frozen stages and their features
