@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from medxpert.cli.common import add_listen_arguments
 from medxpert.config import is_loopback
 from medxpert.errors import ConfigError
 
@@ -17,8 +18,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "trust, or behind a proxy that authenticates). Libraries and models are found as "
         "MEDXPERT_INDEXES_DIR and MEDXPERT_MODELS_DIR say.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
+    add_listen_arguments(parser, 8501)
     parser.add_argument(
         "--trusted-network",
         action="store_true",

@@ -30,6 +30,12 @@ def load_sources(sources: Sequence[str] | None, split: str) -> list[Case]:
     return [case for source in (sources or SHARED_SOURCES) for case in load_cases(source, split)]
 
 
+def add_listen_arguments(parser: argparse.ArgumentParser, port: int) -> None:
+    """--host (default 127.0.0.1: this machine only) and --port (default `port`)."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
+
+
 def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     """--model and --index (default: the MEDXPERT_ENCODER ones under models/ and indexes/)."""
     parser.add_argument(

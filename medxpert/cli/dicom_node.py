@@ -8,7 +8,7 @@ import functools
 import signal
 from pathlib import Path
 
-from medxpert.cli.common import add_artifact_arguments
+from medxpert.cli.common import add_artifact_arguments, add_listen_arguments
 from medxpert.config import Settings
 
 
@@ -24,8 +24,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for instances and SRs")
     parser.add_argument("--ae-title", default="MEDXPERT", help="own AE title (default: MEDXPERT)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=11112, help="port (default: 11112)")
+    add_listen_arguments(parser, 11112)
     parser.add_argument(
         "--allow-ae",
         action="extend",

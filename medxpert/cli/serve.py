@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medxpert.cli.common import add_artifact_arguments, add_writer_arguments
+from medxpert.cli.common import add_artifact_arguments, add_listen_arguments, add_writer_arguments
 from medxpert.config import Settings
 
 
@@ -16,8 +16,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "to 127.0.0.1 by default; another host needs MEDXPERT_API_KEY (clients send it as "
         "X-API-Key) or --no-api-key. Request bodies are limited to MEDXPERT_MAX_IMAGE_MB.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    add_listen_arguments(parser, 8000)
     parser.add_argument(
         "--workers",
         type=int,
