@@ -31,6 +31,7 @@ RUN useradd --create-home --uid 10001 medxpert \
     && mkdir -p /models /indexes /data \
     && chown medxpert:medxpert /models /indexes
 USER medxpert
+WORKDIR /home/medxpert
 VOLUME ["/models", "/indexes", "/data"]
 EXPOSE 8000 8501
 

@@ -29,7 +29,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     import importlib.util
-    import subprocess
+    import os
 
     from medxpert.app import streamlit_command
 
@@ -42,6 +42,5 @@ def _run(args: argparse.Namespace) -> None:
     if importlib.util.find_spec("streamlit") is None:
         raise ConfigError('the UI needs Streamlit: pip install "medxpert[app]".')
     print(f"MedXpert UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    status = subprocess.call(streamlit_command(args.host, args.port))
-    if status:
-        raise SystemExit(status)
+    command = streamlit_command(args.host, args.port)
+    os.execv(command[0], command)  # Streamlit takes this process (and its signals: PID 1)
