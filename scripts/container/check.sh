@@ -3,7 +3,7 @@
 # library (health, a refused unkeyed search, a keyed search), its HEALTHCHECK, the non-root
 # user, the refusal to serve without a key, and the Streamlit alternative.
 #
-#   sudo scripts/container/check.sh            # needs podman (Debian: apt-get install podman)
+#   sudo scripts/container/check.sh   # after ./dev.sh setup; needs podman (apt-get install podman)
 #
 # BASE_IMAGE replaces the Dockerfile's FROM (podman build --from). Where no registry can be
 # reached, BASE_IMAGE=debian builds one from Debian packages (debootstrap: bookworm + its
